@@ -1,0 +1,3 @@
+"""Commands of this group are added to COMMANDS; see lcpp_zh.cli."""
+
+COMMANDS: list = []

@@ -1,0 +1,37 @@
+"""The typed errors of lcpp-zh.
+
+Every error a user can cause is an `LcppError` whose message says what is wrong and what to do; the CLI
+prints it as one line and exits 1. Leaf module: imported by both the conversion pipeline and the runtime.
+"""
+
+
+class LcppError(Exception):
+    """An error the user can act on; its message is shown as is."""
+
+
+class CheckpointError(LcppError):
+    """A Hugging Face checkpoint that cannot be read or is not supported."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that asks to run code or build objects other than tensors."""
+
+
+class TokenizerError(CheckpointError):
+    """A missing or inconsistent tokenizer."""
+
+
+class ConversionError(LcppError):
+    """A conversion or quantization that cannot be carried out."""
+
+
+class ModelError(LcppError):
+    """A model file or name that cannot be loaded or resolved."""
+
+
+class TemplateError(LcppError):
+    """An unknown or broken chat template."""
+
+
+class EngineError(LcppError):
+    """A request the engine cannot serve (context too long, bad sampling settings)."""

@@ -1,0 +1,1 @@
+"""The HTTP server: OpenAI-compatible API, the seed's /generate API and the web chat page."""
