@@ -17,7 +17,7 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 def index_safetensors(path: Path) -> list[TensorSource]:
-    """The tensors of one safetensors file, in the header's order."""
+    """The tensors of one safetensors file, sorted by name (the order llama.cpp's converter writes them in)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -45,4 +45,4 @@ def index_safetensors(path: Path) -> list[TensorSource]:
         if data_start + end > size:
             raise CheckpointError(f"{path.name}: file is truncated (tensor {name} runs past the end)")
         sources.append(source)
-    return sources
+    return sorted(sources, key=lambda s: s.name)

@@ -72,6 +72,10 @@ class PlannedTensor:
                 data = permute_rows(data, self.shape[0] // self.permute_heads)
             yield gguf.quants.quantize(data, self.qtype)
 
+    def copy_range(self) -> tuple[str, int, int] | None:
+        """(file, offset, length) when the GGUF bytes are the checkpoint bytes unchanged, for a kernel-side copy."""
+        return (self.source.path, self.source.offset, self.nbytes) if self._is_plain_copy() else None
+
     def _is_plain_copy(self) -> bool:
         same = {("F16", gguf.GGMLQuantizationType.F16), ("F32", gguf.GGMLQuantizationType.F32)}
         return (self.source.dtype, self.qtype) in same and self.permute_heads is None and self.transform is None
