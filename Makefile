@@ -37,10 +37,12 @@ test: install
 	bash scripts/ensure-test-deps.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# QUANT= (empty) keeps the unquantized OUTTYPE file.
 convert: install
 	@test -n "$(MODEL)" || { echo "usage: make convert MODEL=<dir or repo id> [QUANT=Q4_K_M] [OUTTYPE=auto]"; exit 2; }
-	mkdir -p $(OUT)
-	$(VENV)/bin/lcpp-zh convert "$(MODEL)" -o "$(OUT)/$$(basename "$(MODEL)").gguf" --outtype $(OUTTYPE) --quant $(QUANT)
+	@mkdir -p $(OUT)
+	$(VENV)/bin/lcpp-zh convert "$(MODEL)" --outtype $(OUTTYPE) \
+	  -o "$(OUT)/$$(basename "$(MODEL)").$(if $(QUANT),$(QUANT),$(OUTTYPE)).gguf" $(if $(QUANT),--quant $(QUANT),)
 
 bench: install
 	$(PY) benchmarks/convert_bench.py

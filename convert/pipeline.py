@@ -65,7 +65,8 @@ def _add_general_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint) -> No
 
 
 def write_model(checkpoint: Checkpoint, destination: Path, file_type: gguf.LlamaFileType,
-                chat_template: str | None, progress: Progress | None = None) -> Path:
+                chat_template: str | None, replace_template: bool = False,
+                progress: Progress | None = None) -> Path:
     """The checkpoint as one GGUF file of `file_type`, written atomically."""
     rope = rope_parameters(checkpoint.config)
     if str(rope.get("rope_type", "")).lower() == "llama3":
@@ -76,7 +77,7 @@ def write_model(checkpoint: Checkpoint, destination: Path, file_type: gguf.Llama
     _add_general_metadata(writer, checkpoint)
     add_hparams(writer, checkpoint.config, file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_vocab(writer, checkpoint.directory, checkpoint.config["vocab_size"], chat_template)
+    add_vocab(writer, checkpoint.directory, checkpoint.config["vocab_size"], chat_template, replace_template)
     with atomic_path(destination) as temporary:
         write_gguf(writer, tensors, temporary, progress)
     return destination
@@ -94,11 +95,12 @@ def convert_checkpoint(source: str | Path, destination: str | Path, *, outtype: 
     checkpoint = open_checkpoint(directory, display_name=repo_id)
     file_type = _file_type(checkpoint, outtype)
     chat_template = choose_template(checkpoint, template)
+    replace = template not in (None, "none")
     if quant_type is None:
-        return write_model(checkpoint, destination, file_type, chat_template, progress)
+        return write_model(checkpoint, destination, file_type, chat_template, replace, progress)
     intermediate = destination.with_name(f".{destination.stem}.unquantized.gguf")
     try:
-        write_model(checkpoint, intermediate, file_type, chat_template, progress)
+        write_model(checkpoint, intermediate, file_type, chat_template, replace, progress)
         return quantize_gguf(intermediate, destination, quant_type)
     finally:
         intermediate.unlink(missing_ok=True)

@@ -134,8 +134,10 @@ _PRE_TOKENIZER_PROBE = (
 )
 
 
-def add_vocab(writer: gguf.GGUFWriter, directory: Path, vocab_size: int, chat_template: str | None) -> None:
-    """The tokenizer keys; `chat_template` is written only when the checkpoint has no template of its own."""
+def add_vocab(writer: gguf.GGUFWriter, directory: Path, vocab_size: int, chat_template: str | None,
+              replace_template: bool = False) -> None:
+    """The tokenizer keys. `chat_template` fills in for a checkpoint without a template of its own, or
+    replaces the checkpoint's when `replace_template` (the user chose a template by name)."""
     tokenizer_config = _read_json(directory / "tokenizer_config.json")
     if (add_prefix_space := tokenizer_config.get("add_prefix_space")) is not None:
         writer.add_add_space_prefix(add_prefix_space)
@@ -157,9 +159,9 @@ def add_vocab(writer: gguf.GGUFWriter, directory: Path, vocab_size: int, chat_te
         special = gguf.SpecialVocab(directory, load_merges=True)
     else:
         raise TokenizerError(f"{directory}: no tokenizer (expected tokenizer.model or tokenizer.json)")
+    if chat_template is not None and (replace_template or special.chat_template is None):
+        special.chat_template = chat_template
     special.add_to_gguf(writer, quiet=True)
-    if special.chat_template is None and chat_template is not None:
-        writer.add_chat_template(chat_template)
     if vocab_size == 49152:
         # llama.cpp's converter turns BOS off for vocabularies of this size (Granite small models).
         writer.add_add_bos_token(False)
