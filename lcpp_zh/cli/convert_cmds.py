@@ -24,8 +24,9 @@ TEMPLATE_CHOICES = click.Choice([*BUILTIN_TEMPLATES, "none"])
               help="GGUF file to write (the quantized model when --quant is given).")
 @click.option("--outtype", type=click.Choice(OUTTYPE_CHOICES), default="auto",
               help="Weight type of the converted file; auto keeps the checkpoint's 16-bit type.")
-@click.option("--quant", type=QUANT_CHOICES, default=None,
-              help="Then quantize with llama.cpp's quantizer (e.g. Q4_K_M); the unquantized file is not kept.")
+@click.option("--quant", type=QUANT_CHOICES, default=None, metavar="TYPE",
+              help="Then quantize with llama.cpp's quantizer (Q4_K_M, Q5_K_M, Q8_0, ...: see `lcpp-zh quantize "
+                   "--help`); the unquantized file is not kept.")
 @click.option("--template", type=TEMPLATE_CHOICES, default=None,
               help="Chat template to embed; default: the model's own, or llama2-chinese for FlagAlpha/Atom.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
@@ -51,7 +52,8 @@ def convert(source: str, output: Path, outtype: str, quant: str | None, template
 @click.command("quantize")
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-t", "--type", "qtype", type=QUANT_CHOICES, default="Q4_K_M", help="Quantization type.")
+@click.option("-t", "--type", "qtype", type=QUANT_CHOICES, default="Q4_K_M", metavar="TYPE",
+              help="Quantization type: " + ", ".join(q.value for q in QuantType) + ".")
 @click.option("--threads", type=int, default=None, help="Threads for the quantizer (default: all CPUs).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line.")
 def quantize(source: Path, output: Path, qtype: str, threads: int | None, quiet: bool) -> None:
