@@ -7,6 +7,7 @@ tensor data streamed a block at a time to a temporary file -> rename; then llama
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import gguf
@@ -64,6 +65,16 @@ def _add_general_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint) -> No
     metadata.set_gguf_meta_model(writer)
 
 
+def _check_free_space(destination: Path, needed: int) -> None:
+    """Refuse before writing when the disk cannot hold the result (a 7B f16 file is 13 GiB)."""
+    free = shutil.disk_usage(destination.parent).free
+    if free < needed + (64 << 20):
+        raise ConversionError(
+            f"{destination.parent}: {needed / 2**30:.2f} GiB needed for {destination.name}, "
+            f"only {free / 2**30:.2f} GiB free"
+        )
+
+
 def write_model(checkpoint: Checkpoint, destination: Path, file_type: gguf.LlamaFileType,
                 chat_template: str | None, replace_template: bool = False,
                 progress: Progress | None = None) -> Path:
@@ -72,6 +83,7 @@ def write_model(checkpoint: Checkpoint, destination: Path, file_type: gguf.Llama
     if str(rope.get("rope_type", "")).lower() == "llama3":
         raise CheckpointError("config.json: llama3 rope scaling (Llama 3.1+) is not supported yet")
     tensors = plan_tensors(checkpoint.tensors, checkpoint.config, file_type)
+    _check_free_space(destination, sum(t.nbytes for t in tensors))
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     register_tensors(writer, tensors)
     _add_general_metadata(writer, checkpoint)
