@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	CMAKE_ARGS="$(CMAKE_ARGS_CUDA) $(CMAKE_ARGS)" $(PY) -m pip install -e '.[test]'
+	$(PY) scripts/install_gguf_py.py
 	touch $@
 
 demo: install

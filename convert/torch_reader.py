@@ -64,9 +64,10 @@ def _rebuild_parameter(data: _TensorRef, *_ignored) -> _TensorRef:
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves only the globals of a plain state dict; anything else is refused before it can run."""
 
-    def __init__(self, file, source_name: str):
+    def __init__(self, file, source_name: str, legacy: bool = False):
         super().__init__(file)
         self._source_name = source_name
+        self._legacy = legacy
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
@@ -83,12 +84,28 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid: Any) -> _Storage:
+        if self._legacy and isinstance(pid, tuple) and pid and pid[0] == "storage":
+            return _Storage(str(pid[2]), "U8", 0)  # only read far enough to vet the pickle
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise UnsafeCheckpointError(f"{self._source_name}: unexpected persistent id in the pickle")
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, _StorageType):
             raise UnsafeCheckpointError(f"{self._source_name}: unknown storage type in the pickle")
         return _Storage(str(key), storage_type.dtype, int(numel))
+
+
+def _vet_legacy_pickle(path: Path) -> None:
+    """A non-zip .bin is a sequence of raw pickles (magic, version, sys info, state dict): read them with the
+    restricted unpickler so that a malicious one is reported as such, never run."""
+    with open(path, "rb") as f:
+        if f.read(1) != b"\x80":
+            raise CheckpointError(f"{path.name}: not a PyTorch checkpoint (neither zip nor pickle; truncated?)")
+        f.seek(0)
+        for _ in range(4):
+            try:
+                _RestrictedUnpickler(f, path.name, legacy=True).load()
+            except (pickle.UnpicklingError, EOFError, TypeError, ValueError, struct.error):
+                break
 
 
 def _entry_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
@@ -115,8 +132,10 @@ def index_torch_bin(path: Path) -> list[TensorSource]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
+        _vet_legacy_pickle(path)
         raise CheckpointError(
-            f"{path.name}: not a PyTorch zip checkpoint (truncated, or the legacy pre-1.6 format)"
+            f"{path.name}: PyTorch's legacy (pre-1.6) format is not supported; re-save it with a current "
+            "torch, or as safetensors"
         ) from None
     with archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]

@@ -1,0 +1,44 @@
+"""Install the gguf-py that llama.cpp itself uses: the copy vendored in the llama-cpp-python sdist we pin.
+
+PyPI's gguf 0.19.0 carries the same version number but predates the vendored copy (it writes fewer
+tokenizer keys, e.g. no add_eos_token for byte-level BPE). Converting with the vendored copy is what
+makes our GGUF files byte-identical to llama.cpp's converter of the same release.
+    python scripts/install_gguf_py.py      (run by `make install`)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+VERSION = "0.3.36"  # keep equal to the llama-cpp-python pin in pyproject.toml
+SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
+CACHE = Path(os.environ.get("LCPP_ZH_CACHE", Path.home() / ".cache" / "lcpp-zh")) / "sdist"
+
+
+def sdist_path() -> Path:
+    """The llama-cpp-python sdist, downloaded once (pip serves it from its own cache after the build)."""
+    path = CACHE / SDIST
+    if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        "-d", str(CACHE), f"llama-cpp-python=={VERSION}"], check=True)
+    return path
+
+
+def main() -> None:
+    prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/gguf-py/"
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(sdist_path()) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(prefix)]
+        archive.extractall(tmp, members=members, filter="data")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
+                        str(Path(tmp) / prefix)], check=True)
+    print(f"installed gguf-py from llama-cpp-python {VERSION}'s llama.cpp", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
