@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import gguf
@@ -16,12 +17,13 @@ from lcpp_zh.convert.atomic import atomic_path, check_writable
 from lcpp_zh.convert.chat_templates import BUILTIN_TEMPLATES, detect_template_name
 from lcpp_zh.convert.checkpoint import Checkpoint, open_checkpoint
 from lcpp_zh.convert.gguf_output import Progress, register_tensors, write_gguf
-from lcpp_zh.convert.hparams import add_hparams, rope_parameters
+from lcpp_zh.convert.hparams import add_hparams
 from lcpp_zh.convert.hub import locate_checkpoint
+from lcpp_zh.convert.lora_merge import LoraMerge, prepare_merge
 from lcpp_zh.convert.quantize import parse_quant_type, quantize_gguf
 from lcpp_zh.convert.tensor_plan import OUTTYPES, guess_file_type, plan_tensors
 from lcpp_zh.convert.vocab import add_vocab
-from lcpp_zh.errors import CheckpointError, ConversionError, TemplateError
+from lcpp_zh.errors import ConversionError, TemplateError
 
 logger = logging.getLogger(__name__)
 
@@ -77,19 +79,22 @@ def _check_free_space(destination: Path, needed: int) -> None:
 
 def write_model(checkpoint: Checkpoint, destination: Path, file_type: gguf.LlamaFileType,
                 chat_template: str | None, replace_template: bool = False,
-                progress: Progress | None = None) -> Path:
-    """The checkpoint as one GGUF file of `file_type`, written atomically."""
-    rope = rope_parameters(checkpoint.config)
-    if str(rope.get("rope_type", "")).lower() == "llama3":
-        raise CheckpointError("config.json: llama3 rope scaling (Llama 3.1+) is not supported yet")
+                progress: Progress | None = None, merge: LoraMerge | None = None) -> Path:
+    """The checkpoint as one GGUF file of `file_type`, written atomically; with `merge`, the checkpoint as
+    LoRA adapters change it (their deltas added row block by row block, their tokenizer if they bring one)."""
+    if merge is not None:
+        checkpoint = merge.checkpoint
     tensors = plan_tensors(checkpoint.tensors, checkpoint.config, file_type)
+    if merge is not None:
+        merge.attach(tensors)
     _check_free_space(destination, sum(t.nbytes for t in tensors))
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     register_tensors(writer, tensors)
     _add_general_metadata(writer, checkpoint)
     add_hparams(writer, checkpoint.config, file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_vocab(writer, checkpoint.directory, checkpoint.config["vocab_size"], chat_template, replace_template)
+    tokenizer_dir = merge.tokenizer_dir if merge is not None else checkpoint.directory
+    add_vocab(writer, tokenizer_dir, checkpoint.config["vocab_size"], chat_template, replace_template)
     with atomic_path(destination) as temporary:
         write_gguf(writer, tensors, temporary, progress)
     return destination
@@ -97,22 +102,24 @@ def write_model(checkpoint: Checkpoint, destination: Path, file_type: gguf.Llama
 
 def convert_checkpoint(source: str | Path, destination: str | Path, *, outtype: str = "auto",
                        quant: str | None = None, template: str | None = None,
-                       progress: Progress | None = None) -> Path:
+                       progress: Progress | None = None, loras: Sequence[tuple[str | Path, float]] = ()) -> Path:
     """Convert `source` (a model folder or hub repo id) to `destination`; with `quant`, the file written is
-    the quantized model and the unquantized intermediate is removed. Returns the path written."""
+    the quantized model and the unquantized intermediate is removed; `loras` are (PEFT adapter folder, scale)
+    pairs merged into the weights. Returns the path written."""
     destination = Path(destination)
     check_writable(destination)
     quant_type = parse_quant_type(quant) if quant else None
     directory, repo_id = locate_checkpoint(source)
     checkpoint = open_checkpoint(directory, display_name=repo_id)
+    merge = prepare_merge(checkpoint, loras) if loras else None  # every adapter checked before writing
     file_type = _file_type(checkpoint, outtype)
     chat_template = choose_template(checkpoint, template)
     replace = template not in (None, "none")
     if quant_type is None:
-        return write_model(checkpoint, destination, file_type, chat_template, replace, progress)
+        return write_model(checkpoint, destination, file_type, chat_template, replace, progress, merge)
     intermediate = destination.with_name(f".{destination.stem}.unquantized.gguf")
     try:
-        write_model(checkpoint, intermediate, file_type, chat_template, replace, progress)
+        write_model(checkpoint, intermediate, file_type, chat_template, replace, progress, merge)
         return quantize_gguf(intermediate, destination, quant_type)
     finally:
         intermediate.unlink(missing_ok=True)

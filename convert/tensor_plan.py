@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
-from lcpp_zh.convert.tensor_source import TensorSource
+from lcpp_zh.convert.hparams import rope_parameters
+from lcpp_zh.convert.rope import llama3_rope_factors
+from lcpp_zh.convert.tensor_source import ArraySource, TensorSource
 from lcpp_zh.errors import CheckpointError
 
 # Tensors llama.cpp does not need.
@@ -74,7 +76,9 @@ class PlannedTensor:
 
     def copy_range(self) -> tuple[str, int, int] | None:
         """(file, offset, length) when the GGUF bytes are the checkpoint bytes unchanged, for a kernel-side copy."""
-        return (self.source.path, self.source.offset, self.nbytes) if self._is_plain_copy() else None
+        if not self.source.path or not self._is_plain_copy():
+            return None
+        return self.source.path, self.source.offset, self.nbytes
 
     def _is_plain_copy(self) -> bool:
         same = {("F16", gguf.GGMLQuantizationType.F16), ("F32", gguf.GGMLQuantizationType.F32)}
@@ -120,12 +124,22 @@ def guess_file_type(tensors: list[TensorSource]) -> gguf.LlamaFileType:
     return gguf.LlamaFileType.MOSTLY_F16
 
 
+def _extra_tensors(config: dict) -> list[PlannedTensor]:
+    """Tensors the converter computes: Llama 3.1 rope factors, written first as the reference does."""
+    params = rope_parameters(config)
+    if str(params.get("rope_type", "")).lower() != "llama3":
+        return []
+    factors = llama3_rope_factors(params, config["head_dim"])
+    name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+    return [PlannedTensor(name, ArraySource(name, factors), factors.shape, gguf.GGMLQuantizationType.F32)]
+
+
 def plan_tensors(tensors: list[TensorSource], config: dict, file_type: gguf.LlamaFileType) -> list[PlannedTensor]:
     """Map the checkpoint's tensors to GGUF tensors, in checkpoint order."""
     n_layers = config["num_hidden_layers"]
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
     bare_model = config["architectures"][0] == "LlamaModel"
-    planned = []
+    planned = _extra_tensors(config)
     for source in tensors:
         hf_name = source.name.replace("language_model.", "")
         if bare_model:

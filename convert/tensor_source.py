@@ -80,3 +80,15 @@ class TensorSource:
 
     def read_all(self) -> np.ndarray:
         return self.read_float(0, self.n_rows)
+
+
+class ArraySource(TensorSource):
+    """A tensor computed by the converter itself (e.g. Llama 3's rope factors), held in memory."""
+
+    def __init__(self, name: str, array: np.ndarray):
+        super().__init__(name, "F32", tuple(array.shape), "", 0)
+        object.__setattr__(self, "_array", np.ascontiguousarray(array, dtype=np.float32))
+
+    def read_raw(self, start: int, stop: int) -> np.ndarray:
+        array = self._array  # type: ignore[attr-defined]
+        return array[start:stop] if array.ndim > 1 else array
