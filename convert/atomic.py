@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +21,11 @@ def check_writable(destination: Path) -> None:
     parent = destination.parent
     if not parent.is_dir():
         raise ConversionError(f"{destination}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConversionError(f"{destination}: the folder {parent} is not writable")
+    try:  # os.access is not enough: read-only mounts and pseudo filesystems refuse new files even to root
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ConversionError(f"{destination}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager

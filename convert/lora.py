@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lcpp_zh.convert.hub import is_repo_id
 from lcpp_zh.convert.safetensors_reader import index_safetensors
 from lcpp_zh.convert.tensor_source import TensorSource
 from lcpp_zh.convert.torch_reader import index_torch_bin
@@ -29,6 +30,9 @@ LM_HEAD_NAME = "lm_head.weight"
 # Full-weight keys PEFT saves beside the LoRA pairs, best first: the trained copy of a modules_to_save module,
 # the base layer of a LoRA-wrapped embedding (saved when the vocabulary was resized), a plain saved module.
 _FULL_SUFFIXES = (".modules_to_save.weight", ".base_layer.weight", ".weight")
+# What an adapter download needs: config, weights, and the tokenizer a vocabulary-extending adapter ships.
+_ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.model",
+                  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "README.md"]
 
 
 class AdapterError(CheckpointError):
@@ -85,10 +89,30 @@ class LoraAdapter:
         return self.directory if has else None
 
 
+def locate_adapter(source: str | Path) -> Path:
+    """A local adapter folder as is, or a hub repo id (e.g. FlagAlpha/Llama2-Chinese-7b-Chat-LoRA) downloaded
+    through huggingface_hub, which honours HF_ENDPOINT mirrors and HF_HUB_OFFLINE."""
+    path = Path(source).expanduser()
+    if path.exists() or not is_repo_id(str(source)):
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=_ADAPTER_FILES))
+    except RepositoryNotFoundError:
+        raise AdapterError(f"{source}: no such adapter repository on the hub (or it is gated: set HF_TOKEN)") from None
+    except LocalEntryNotFoundError:
+        raise AdapterError(f"{source}: not in the local hub cache and the hub cannot be reached "
+                           "(offline? set HF_ENDPOINT to a mirror such as https://hf-mirror.com)") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise AdapterError(f"{source}: download failed ({str(exc).splitlines()[0]})") from None
+
+
 def read_adapter_config(directory: Path) -> dict[str, Any]:
     """adapter_config.json of a LoRA adapter, checked for the variants llama.cpp cannot represent."""
     if not directory.is_dir():
-        raise AdapterError(f"{directory}: no such adapter folder")
+        raise AdapterError(f"{directory}: no such adapter folder (nor a hub repo id owner/name)")
     path = directory / "adapter_config.json"
     if not path.is_file():
         raise AdapterError(f"{directory}: no adapter_config.json; not a PEFT LoRA adapter folder")
@@ -120,12 +144,12 @@ def _pattern_value(patterns: dict[str, Any] | None, module: str, default: float)
     return default
 
 
-def module_scaling(config: dict[str, Any], module: str, rank: int) -> float:
+def module_scaling(config: dict[str, Any], module: str, rank: int, where: str = "adapter_config.json") -> float:
     """PEFT's scaling of one module, after checking the tensors' rank against the config's."""
     r = _pattern_value(config.get("rank_pattern"), module, config["r"])
     if rank != r:
         raise AdapterError(
-            f"adapter_config.json: r is {r} for {module} but its lora_A/lora_B tensors have rank {rank}; "
+            f"{where}: r is {r} for {module} but its lora_A/lora_B tensors have rank {rank}; "
             "the config does not belong to these weights"
         )
     alpha = _pattern_value(config.get("alpha_pattern"), module, config["lora_alpha"])
@@ -160,8 +184,9 @@ def _split_key(key: str) -> tuple[str, str]:
 
 
 def read_adapter(directory: str | Path) -> LoraAdapter:
-    """Read and pair an adapter's tensors; shapes are checked against each other, not yet against a base."""
-    directory = Path(directory)
+    """Read and pair an adapter's tensors (a folder or hub repo id); shapes are checked against each other,
+    not yet against a base."""
+    directory = locate_adapter(directory)
     config = read_adapter_config(directory)
     adapter = LoraAdapter(directory, config)
     halves: dict[str, dict[str, TensorSource]] = {}
@@ -201,7 +226,7 @@ def _make_pair(directory: Path, config: dict[str, Any], module: str, parts: dict
         raise AdapterError(
             f"{directory.name}: rank mismatch in {module}: lora_A has rank {a.shape[0]}, lora_B {b.shape[1]}"
         )
-    scaling = module_scaling(config, module, a.shape[0])
+    scaling = module_scaling(config, module, a.shape[0], f"{directory.name}/adapter_config.json")
     return LoraPair(module + ".weight", a, b, scaling, embedding)
 
 

@@ -16,7 +16,14 @@ import numpy as np
 
 from lcpp_zh.convert.atomic import atomic_path, check_writable
 from lcpp_zh.convert.checkpoint import index_tensors, read_config
-from lcpp_zh.convert.lora import AdapterError, LoraAdapter, LoraPair, base_shapes_from_config, check_against_base, read_adapter
+from lcpp_zh.convert.lora import (
+    AdapterError,
+    LoraAdapter,
+    LoraPair,
+    base_shapes_from_config,
+    check_against_base,
+    read_adapter,
+)
 from lcpp_zh.convert.lora_merge import normalized_name
 from lcpp_zh.convert.tensor_plan import permute_rows
 
@@ -112,7 +119,7 @@ def convert_lora(adapter_dir: str | Path, base_dir: str | Path | None, destinati
         gguf_name = name_map.get_name(pair.base_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise AdapterError(f"{adapter.directory.name}: {pair.base_name} has no place in a llama GGUF")
-        for suffix, data in zip((".lora_a", ".lora_b"), pair_arrays(pair, config, adapter.alpha)):
+        for suffix, data in zip((".lora_a", ".lora_b"), pair_arrays(pair, config, adapter.alpha), strict=True):
             encoded, used = _encode(data, qtype)
             writer.add_tensor(gguf_name + suffix, encoded, raw_dtype=used)
     _add_metadata(writer, adapter, base)

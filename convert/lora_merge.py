@@ -127,7 +127,7 @@ def prepare_merge(checkpoint: Checkpoint, loras: Sequence[tuple[str | Path, floa
     replaced = _replace_weights(adapters, base)
     vocab_size, tokenizer_dir = _vocab(adapters, replaced, base, checkpoint)
     deltas: dict[str, list[tuple[LoraPair, float]]] = {}
-    for adapter, (_, scale) in zip(adapters, loras):
+    for adapter, (_, scale) in zip(adapters, loras, strict=True):
         for pair in adapter.pairs:
             if scale != 0:
                 deltas.setdefault(pair.base_name, []).append((pair, float(scale) * pair.scaling))

@@ -69,11 +69,11 @@ def _add_general_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint) -> No
 
 def _check_free_space(destination: Path, needed: int) -> None:
     """Refuse before writing when the disk cannot hold the result (a 7B f16 file is 13 GiB)."""
-    free = shutil.disk_usage(destination.parent).free
-    if free < needed + (64 << 20):
+    usage = shutil.disk_usage(destination.parent)
+    if usage.total and usage.free < needed + (64 << 20):
         raise ConversionError(
             f"{destination.parent}: {needed / 2**30:.2f} GiB needed for {destination.name}, "
-            f"only {free / 2**30:.2f} GiB free"
+            f"only {usage.free / 2**30:.2f} GiB free"
         )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from lcpp_zh.cli.lora_cmds import lora_options, pair_loras
 from lcpp_zh.cli.progress import byte_progress, human_size
 from lcpp_zh.convert.chat_templates import BUILTIN_TEMPLATES
 from lcpp_zh.convert.pipeline import OUTTYPE_CHOICES, convert_checkpoint
@@ -29,8 +30,10 @@ TEMPLATE_CHOICES = click.Choice([*BUILTIN_TEMPLATES, "none"])
                    "--help`); the unquantized file is not kept.")
 @click.option("--template", type=TEMPLATE_CHOICES, default=None,
               help="Chat template to embed; default: the model's own, or llama2-chinese for FlagAlpha/Atom.")
+@lora_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def convert(source: str, output: Path, outtype: str, quant: str | None, template: str | None, quiet: bool) -> None:
+def convert(source: str, output: Path, outtype: str, quant: str | None, template: str | None,
+            lora: tuple[str, ...], lora_scale: tuple[float, ...], quiet: bool) -> None:
     """Convert a Hugging Face Llama checkpoint (folder or hub repo id) to GGUF.
 
     \b
@@ -38,11 +41,13 @@ def convert(source: str, output: Path, outtype: str, quant: str | None, template
       lcpp-zh convert ./Atom-7B-Chat -o atom-7b-chat.f16.gguf
       lcpp-zh convert FlagAlpha/Atom-7B-Chat -o atom.Q4_K_M.gguf --quant Q4_K_M
       HF_ENDPOINT=https://hf-mirror.com lcpp-zh convert FlagAlpha/Llama2-Chinese-7b-Chat -o l2c.gguf
+      lcpp-zh convert ./Llama-2-7b-chat-hf --lora ./Llama2-Chinese-7b-Chat-LoRA -o merged.gguf
     """
+    loras = pair_loras(lora, lora_scale)
     started = time.monotonic()
     with byte_progress("converting", quiet) as progress:
         written = convert_checkpoint(source, output, outtype=outtype, quant=quant, template=template,
-                                     progress=progress)
+                                     progress=progress, loras=loras)
     if not quiet:
         click.echo(f"wrote {written} ({human_size(written.stat().st_size)}) in {time.monotonic() - started:.1f} s",
                    err=True)
