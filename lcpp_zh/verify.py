@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lcpp_zh.convert.llama_log import route_llama_logs
+from lcpp_zh.errors import ModelError
 from lcpp_zh.verify_corpus import builtin_corpus
 
 logger = logging.getLogger(__name__)
@@ -130,14 +131,22 @@ def check_logits(hf_dir: Path, gguf_path: Path, file_type: str | None) -> Logits
     tokenizer = AutoTokenizer.from_pretrained(hf_dir, use_fast=not sentencepiece)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=512, logits_all=True, verbose=False, n_threads=None)
+    # An F32 KV cache: the default F16 cache alone adds ~1e-6 NMSE, which would hide converter errors.
+    llm = llama_cpp.Llama(str(gguf_path), n_ctx=512, logits_all=True, verbose=False,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     errors, norms, agree, positions = 0.0, 0.0, 0, 0
     for prompt in LOGIT_PROMPTS:
         ids = tokenizer.encode(prompt, add_special_tokens=not prompt.startswith("<s>"))[:256]
+        if max(ids) >= llm.n_vocab():
+            raise ModelError(f"{gguf_path.name}: the original tokenizer yields token {max(ids)}, beyond the "
+                             f"GGUF's {llm.n_vocab()} tokens; this GGUF is not a conversion of {hf_dir}")
         with torch.no_grad():
             expected = model(torch.tensor([ids])).logits[0].float().numpy()
         llm.reset()
-        llm.eval(ids)
+        try:
+            llm.eval(ids)
+        except RuntimeError as exc:
+            raise ModelError(f"{gguf_path.name}: llama.cpp could not evaluate the prompt ({exc})") from None
         got = np.array(llm.scores[: len(ids)], dtype=np.float64)
         n_vocab = min(expected.shape[1], got.shape[1])
         expected, got = expected[:, :n_vocab].astype(np.float64), got[:, :n_vocab]

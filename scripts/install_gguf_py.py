@@ -8,7 +8,6 @@ makes our GGUF files byte-identical to llama.cpp's converter of the same release
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tarfile
@@ -17,7 +16,7 @@ from pathlib import Path
 
 VERSION = "0.3.36"  # keep equal to the llama-cpp-python pin in pyproject.toml
 SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
-CACHE = Path(os.environ.get("LCPP_ZH_CACHE", Path.home() / ".cache" / "lcpp-zh")) / "sdist"
+CACHE = Path.home() / ".cache" / "lcpp-zh" / "sdist"  # the test suite looks for it here too
 
 
 def sdist_path() -> Path:
