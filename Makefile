@@ -45,8 +45,17 @@ convert: install
 	$(VENV)/bin/lcpp-zh convert "$(MODEL)" --outtype $(OUTTYPE) \
 	  -o "$(OUT)/$$(basename "$(MODEL)").$(if $(QUANT),$(QUANT),$(OUTTYPE)).gguf" $(if $(QUANT),--quant $(QUANT),)
 
+# The benchmarks compare with llama.cpp's own tools, built once from the same llama.cpp (about 6 minutes).
+LLAMA_CPP_TOOLS ?= $(shell test -x ../shared/tools/build-llama-cpp-tools && ../shared/tools/build-llama-cpp-tools 2>/dev/null)
 bench: install
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/convert_bench.py
+	LLAMA_CPP_TOOLS=$(LLAMA_CPP_TOOLS) $(PY) benchmarks/generate_bench.py
+	LLAMA_CPP_TOOLS=$(LLAMA_CPP_TOOLS) $(PY) benchmarks/serve_bench.py
+
+serve: install
+	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=<gguf, folder or repo id>"; exit 2; }
+	$(VENV)/bin/lcpp-zh serve "$(MODEL)"
 
 lint: install
 	$(VENV)/bin/ruff check lcpp_zh convert tests benchmarks scripts

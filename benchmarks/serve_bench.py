@@ -131,16 +131,14 @@ async def one_stream(client: openai.AsyncOpenAI, prompt: str, max_tokens: int, c
     run.tokens += count("".join(parts))
 
 
-async def drive(name: str, base_url: str, clients: int, rounds: int, max_tokens: int, count) -> Run:
-    run = Run(name, clients)
+async def drive(run: Run, base_url: str, round_no: int, max_tokens: int, count) -> None:
+    """One batch of `run.clients` simultaneous streams; adds its tokens, wall time and TTFTs to `run`."""
     async with openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600) as client:
         start = time.perf_counter()
-        for r in range(rounds):
-            prompts = [f"Write a long, detailed story about {TOPICS[(r * clients + i) % len(TOPICS)]}."
-                       for i in range(clients)]
-            await asyncio.gather(*(one_stream(client, p, max_tokens, count, run) for p in prompts))
-        run.wall_s = time.perf_counter() - start
-    return run
+        prompts = [f"Write a long, detailed story about {TOPICS[(round_no * run.clients + i) % len(TOPICS)]}."
+                   for i in range(run.clients)]
+        await asyncio.gather(*(one_stream(client, p, max_tokens, count, run) for p in prompts))
+        run.wall_s += time.perf_counter() - start
 
 
 def token_counter(model: Path):
@@ -162,9 +160,10 @@ def report(runs: list[Run]) -> None:
         if r.name == "lcpp-zh" or r.clients not in ours or not r.tps:
             continue
         mine = ours[r.clients]
-        ttft = (statistics.median(r.ttfts) / statistics.median(mine.ttfts)) if r.ttfts and mine.ttfts else float("nan")
-        print(f"{r.clients} client(s): lcpp-zh / {r.name}: tokens/s x{mine.tps / r.tps:.2f}, "
-              f"median TTFT {ttft:.2f}x lower")
+        ours_ttft = statistics.median(mine.ttfts) if mine.ttfts else float("nan")
+        theirs_ttft = statistics.median(r.ttfts) if r.ttfts else float("nan")
+        print(f"{r.clients} client(s): lcpp-zh / {r.name}: tokens/s x{mine.tps / r.tps:.2f}; "
+              f"median TTFT {ours_ttft:.3f} s vs {theirs_ttft:.3f} s")
 
 
 def main() -> None:
@@ -175,7 +174,7 @@ def main() -> None:
     parser.add_argument("--ctx-per-slot", type=int, default=1024)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--clients", default="1,8", help="comma-separated concurrent client counts")
-    parser.add_argument("--rounds", type=int, default=2, help="batches of requests per client count")
+    parser.add_argument("--rounds", type=int, default=3, help="batches of requests per client count and server")
     parser.add_argument("--servers", default="lcpp-zh,llama-cpp-python,llama-server")
     args = parser.parse_args()
     if not args.model.is_file():
@@ -188,20 +187,28 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     count = token_counter(args.model)
     print(f"model {args.model.name}, threads {args.threads}, max_tokens {args.max_tokens}, rounds {args.rounds}")
-    runs: list[Run] = []
+    names = [n for n in wanted if n in commands]
+    runs = {(name, n): Run(name, n) for n in clients for name in names}
+    loads = []
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as logs:
-        for name in [n for n in wanted if n in commands]:
-            server = Server(name, commands[name], Path(logs))
-            try:
+        # All servers run at once (idle ones use no CPU) and the rounds alternate between them, so a load
+        # spike from elsewhere on the machine hits every server alike instead of one of them.
+        servers = {name: Server(name, commands[name], Path(logs)) for name in names}
+        try:
+            for name, server in servers.items():
                 server.wait_ready()
-                asyncio.run(drive(name, server.base_url, 1, 1, 16, count))  # warm-up
+                asyncio.run(drive(Run(name, 1), server.base_url, 0, 16, count))  # warm-up
+            for round_no in range(args.rounds):
                 for n in clients:
-                    run = asyncio.run(drive(name, server.base_url, n, args.rounds, args.max_tokens, count))
-                    print(f"  {name} x{n}: {run.tps:.1f} tok/s", file=sys.stderr)
-                    runs.append(run)
-            finally:
+                    for name, server in servers.items():
+                        asyncio.run(drive(runs[(name, n)], server.base_url, round_no, args.max_tokens, count))
+                        loads.append(os.getloadavg()[0])
+                print(f"  round {round_no + 1}/{args.rounds} done", file=sys.stderr)
+        finally:
+            for server in servers.values():
                 server.stop()
-    report(runs)
+    print(f"1-minute load average during the runs: {min(loads):.2f} to {max(loads):.2f} (other work skews figures)")
+    report([runs[(name, n)] for name in names for n in clients])
 
 
 if __name__ == "__main__":

@@ -1,3 +1,263 @@
-"""Commands of this group are added to COMMANDS; see lcpp_zh.cli."""
+"""Runtime commands: chat, generate, models (list / rm), templates.
 
-COMMANDS: list = []
+Thin: options are parsed here, then lcpp_zh.loader opens the engine and lcpp_zh.chat / lcpp_zh.generate
+do the work. The model-loading and sampling options are shared decorators so every command spells them
+the same way (serve may reuse `model_options` and `sampling_options`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from lcpp_zh.cli.lora_cmds import pair_loras
+from lcpp_zh.cli.progress import byte_progress, human_size
+from lcpp_zh.cli.convert_cmds import QUANT_CHOICES
+from lcpp_zh.resolve import DEFAULT_QUANT, INFER_DTYPES
+from lcpp_zh.templates import template_names
+
+TEMPLATE_CHOICES = template_names()
+
+
+def model_options(fn: Callable) -> Callable:
+    """MODEL resolution and llama.cpp settings shared by chat, generate and serve."""
+    options = [
+        click.option("--quant", type=QUANT_CHOICES, default=DEFAULT_QUANT, metavar="TYPE",
+                     help="Quantization when MODEL is a Hugging Face folder or repo id (see `lcpp-zh quantize -h`)."),
+        click.option("--infer_dtype", "--infer-dtype", "infer_dtype", type=click.Choice(list(INFER_DTYPES)),
+                     default=None, help="The seed's flag: int4, int8, float16 (= Q4_K_M, Q8_0, F16); wins over --quant."),
+        click.option("--template", default="auto", envvar="LCPP_ZH_TEMPLATE",
+                     help=f"Chat format: {', '.join(TEMPLATE_CHOICES)}; auto: the GGUF's own template, else by "
+                          "model name."),
+        click.option("--template-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="A Jinja chat template (Hugging Face convention) to use instead."),
+        click.option("--ctx", "n_ctx", type=int, default=4096, envvar="LCPP_ZH_CTX",
+                     help="Context size in tokens."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LCPP_ZH_THREADS",
+                     help="CPU threads [default: physical cores]."),
+        click.option("--gpu-layers", default="auto", envvar="LCPP_ZH_GPU_LAYERS",
+                     help="Layers on the GPU: auto (as many as fit), all, or a number; 0 = CPU only."),
+        click.option("--gpus", default=None, envvar="LCPP_ZH_GPUS",
+                     help="GPUs to use, e.g. 0,1 (layers split by free memory) [default: all]."),
+        click.option("--main-gpu", type=int, default=None, help="GPU for scratch buffers and small tensors."),
+        click.option("--lora", "loras", multiple=True, metavar="ADAPTER.gguf",
+                     help="GGUF LoRA adapter applied at runtime (repeatable; `lcpp-zh convert-lora` makes one)."),
+        click.option("--lora-scale", "lora_scales", type=float, multiple=True, metavar="SCALE",
+                     help="Scale of the --lora at the same position (default 1.0)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def sampling_options(fn: Callable) -> Callable:
+    """Sampling flags; defaults are the seed's Chinese Llama 2 settings."""
+    options = [
+        click.option("--temperature", type=click.FloatRange(min=0), default=0.3, help="0 = greedy."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, help="Nucleus sampling."),
+        click.option("--top-k", type=click.IntRange(min=0), default=50, help="0 disables it."),
+        click.option("--min-p", type=click.FloatRange(0, 1), default=0.0, help="Minimum relative probability."),
+        click.option("--repeat-penalty", "--repetition-penalty", "repeat_penalty", type=click.FloatRange(min=0, min_open=True),
+                     default=1.3, help="Repetition penalty (1 = off)."),
+        click.option("--repeat-last-n", type=click.IntRange(min=-1), default=64,
+                     help="Tokens the repetition penalty looks back over (-1 = all)."),
+        click.option("--presence-penalty", type=float, default=0.0, help="OpenAI-style presence penalty."),
+        click.option("--frequency-penalty", type=float, default=0.0, help="OpenAI-style frequency penalty."),
+        click.option("--seed", type=int, default=None, help="Random seed [default: random]."),
+        click.option("--max-new-tokens", "--max-tokens", "max_tokens", type=click.IntRange(min=1), default=512,
+                     help="Most tokens to generate."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n",
+                  "presence_penalty", "frequency_penalty", "seed", "max_tokens")
+
+
+def _split_kwargs(kwargs: dict):
+    from lcpp_zh.loader import RuntimeOptions
+    from lcpp_zh.sampling import SamplingParams
+
+    params = SamplingParams(**{k: kwargs.pop(k) for k in _SAMPLING_KEYS})
+    template_file = kwargs.pop("template_file")
+    opts = RuntimeOptions(model=kwargs.pop("model"), quant=kwargs.pop("quant"), infer_dtype=kwargs.pop("infer_dtype"),
+                          template=kwargs.pop("template"), n_ctx=kwargs.pop("n_ctx"), n_threads=kwargs.pop("threads"),
+                          gpu_layers=kwargs.pop("gpu_layers"), gpus=kwargs.pop("gpus"), main_gpu=kwargs.pop("main_gpu"),
+                          loras=pair_loras(kwargs.pop("loras"), kwargs.pop("lora_scales")))
+    return opts, params, template_file
+
+
+def _template(opts, template_file):
+    """The chat template chosen on the command line, checked before the model loads."""
+    from lcpp_zh.templates import get_template, load_template_file
+
+    if template_file is not None:
+        return load_template_file(template_file)
+    if opts.template in (None, "auto"):
+        return None
+    return get_template(opts.template)
+
+
+def _open(opts, quiet: bool = False):
+    """Load the engine; the offload plan goes to stderr in one line unless quiet (--json). A progress bar
+    appears only when MODEL has to be converted first."""
+    from lcpp_zh.loader import open_engine
+
+    report = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    conversion_template = opts.template if opts.template != "auto" else None
+    opts.template = conversion_template
+    with contextlib.ExitStack() as stack:
+        bar: list = []
+
+        def progress(done: int, total: int) -> None:
+            if not bar:
+                bar.append(stack.enter_context(byte_progress("converting", quiet or not sys.stderr.isatty())))
+            if bar[0] is not None:
+                bar[0](done, total)
+
+        engine, _plan = open_engine(opts, report=report, progress=progress)
+    return engine
+
+
+@click.command("chat")
+@click.argument("model")
+@model_options
+@sampling_options
+@click.option("--system", default=None, help="System prompt.")
+def chat(system: str | None, **kwargs) -> None:
+    """Talk to MODEL in the terminal, answers streamed as they come.
+
+    MODEL is a .gguf file, a Hugging Face folder or a hub repo id (converted once, then cached).
+    Type /help in the chat for its commands. Piped stdin works too: each line is a message.
+
+    \b
+    Examples:
+      lcpp-zh chat atom-7b-chat.Q4_K_M.gguf
+      lcpp-zh chat FlagAlpha/Atom-7B-Chat --infer_dtype int4 --gpu-layers auto
+      echo "用一句话介绍北京" | lcpp-zh chat atom.gguf
+    """
+    from lcpp_zh.chat import Terminal, repl
+    from lcpp_zh.chat_session import ChatSession
+    from lcpp_zh.resolve import cache_dir
+
+    opts, params, template_file = _split_kwargs(kwargs)
+    template = _template(opts, template_file)
+    engine = _open(opts)
+    try:
+        session = ChatSession(engine, template=template, system=system, params=params)
+        repl(session, Terminal(history_path=cache_dir() / "chat_history"))
+    finally:
+        engine.close()
+
+
+@click.command("generate")
+@click.argument("model")
+@click.argument("prompt")
+@model_options
+@sampling_options
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--raw", is_flag=True, help="Send PROMPT as is, without the chat template.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, token counts, timings.")
+def generate(system: str | None, raw: bool, stop: tuple[str, ...], as_json: bool, **kwargs) -> None:
+    """Answer PROMPT once with MODEL and exit (`-` reads PROMPT from stdin).
+
+    \b
+    Examples:
+      lcpp-zh generate atom.Q4_K_M.gguf "介绍一下北京"
+      lcpp-zh generate model.gguf "Once upon a time" --raw --max-new-tokens 64 --json
+    """
+    from lcpp_zh.generate import generate as run_generate
+
+    prompt = kwargs.pop("prompt")
+    opts, params, template_file = _split_kwargs(kwargs)
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    params = params.replace(stop=list(stop))
+    template = _template(opts, template_file)
+    engine = _open(opts, quiet=as_json)
+    try:
+        def echo(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        result = run_generate(engine, prompt, params, raw=raw, template=template, system=system,
+                              on_text=None if as_json else echo)
+    finally:
+        engine.close()
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+        return
+    f = result.finished
+    click.echo("")
+    click.echo(f"{f.completion_tokens} tokens, {f.tokens_per_s:.1f} tokens/s, first token {f.ttft_s:.2f} s",
+               err=True)
+
+
+@click.group("models", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """The models converted into the cache (env LCPP_ZH_CACHE, default ~/.cache/lcpp-zh).
+
+    \b
+    Examples:
+      lcpp-zh models
+      lcpp-zh models rm FlagAlpha/Atom-7B-Chat
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(models_list, as_json=as_json)
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def models_list(as_json: bool) -> None:
+    """List cached models with their sizes."""
+    from lcpp_zh.resolve import list_models, models_dir
+
+    entries = list_models()
+    if as_json:
+        click.echo(json.dumps([{"name": m.name, "path": str(m.path), "size": m.size} for m in entries]))
+        return
+    if not entries:
+        click.echo(f"no models in {models_dir()}", err=True)
+        return
+    for m in entries:
+        click.echo(f"{m.name}\t{human_size(m.size)}")
+
+
+@models.command("rm")
+@click.argument("name")
+def models_rm(name: str) -> None:
+    """Remove a cached model: a file name, or a model name (all its quantizations)."""
+    from lcpp_zh.resolve import remove_model
+
+    for path in remove_model(name):
+        click.echo(f"removed {path.name}", err=True)
+
+
+@click.command("templates")
+@click.argument("name", required=False, type=click.Choice(TEMPLATE_CHOICES[1:]))
+def templates(name: str | None) -> None:
+    """List the built-in chat templates and show each rendering an example conversation.
+
+    <s> and </s> stand for the BOS/EOS control tokens.
+    """
+    from lcpp_zh.templates import EXAMPLE_CONVERSATION, get_template
+
+    for template_name in [name] if name else TEMPLATE_CHOICES[1:]:
+        template = get_template(template_name)
+        text = template.render_text(EXAMPLE_CONVERSATION, add_generation_prompt=True, bos_token="<s>", eos_token="</s>")
+        click.echo(f"== {template_name} (stops: {', '.join(template.stops) or 'end of generation'})")
+        click.echo(text)
+        click.echo("")
+
+
+COMMANDS: list[click.Command] = [chat, generate, models, templates]

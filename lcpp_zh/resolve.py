@@ -1,0 +1,126 @@
+"""Model resolution shared by chat, generate and serve: a MODEL argument -> a GGUF file on disk.
+
+A `.gguf` path is used as is. A local Hugging Face folder or a hub repo id is converted and quantized once
+through lcpp_zh.convert and cached under the cache directory (env LCPP_ZH_CACHE, default ~/.cache/lcpp-zh);
+later runs find the cached file. No llama.cpp import here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lcpp_zh.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_QUANT = "Q4_K_M"
+# The seed's --infer_dtype values and the llama.cpp file types that play their part.
+INFER_DTYPES = {"int4": "Q4_K_M", "int8": "Q8_0", "float16": "F16"}
+_UNQUANTIZED = {"F32", "F16", "BF16"}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LCPP_ZH_CACHE") or Path.home() / ".cache" / "lcpp-zh").expanduser()
+
+
+def models_dir() -> Path:
+    return cache_dir() / "models"
+
+
+def quant_for(quant: str | None, infer_dtype: str | None) -> str:
+    """The file type to convert to: --infer_dtype wins when given (the seed's flag), else --quant."""
+    if infer_dtype:
+        try:
+            return INFER_DTYPES[infer_dtype]
+        except KeyError:
+            raise ModelError(f"unknown --infer_dtype {infer_dtype!r}; choose one of {', '.join(INFER_DTYPES)}") from None
+    return (quant or DEFAULT_QUANT).upper()
+
+
+def cache_name(source: str, quant: str) -> str:
+    """File name of the cached GGUF: repo ids by name, local folders by name plus a hash of their path."""
+    path = Path(source).expanduser()
+    if path.exists():
+        digest = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
+        stem = f"{path.resolve().name}-{digest}"
+    else:
+        stem = source.replace("/", "--")
+    return f"{stem}.{quant.upper()}.gguf"
+
+
+def resolve_model(name_or_path: str | os.PathLike, quant: str | None = DEFAULT_QUANT, *,
+                  infer_dtype: str | None = None, template: str | None = None,
+                  progress: Callable | None = None) -> Path:
+    """The GGUF file for MODEL, converting a Hugging Face folder or repo id on first use."""
+    source = str(name_or_path)
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if source.lower().endswith(".gguf"):
+        raise ModelError(f"{source}: no such model file")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{source}: not a Hugging Face model folder (no config.json) and not a .gguf file")
+    elif not _REPO_ID.match(source):
+        raise ModelError(f"{source}: no such file or folder, and not a hub repo id (owner/name)")
+    qtype = quant_for(quant, infer_dtype)
+    target = models_dir() / cache_name(source, qtype)
+    if target.is_file():
+        logger.info("using cached %s", target)
+        return target
+    return _convert(source, target, qtype, template, progress)
+
+
+def _convert(source: str, target: Path, qtype: str, template: str | None, progress: Callable | None) -> Path:
+    from lcpp_zh.convert.pipeline import convert_checkpoint
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.warning("converting %s to %s (first use only)", source, target.name)
+    if qtype in _UNQUANTIZED:
+        return convert_checkpoint(source, target, outtype=qtype.lower(), template=template, progress=progress)
+    return convert_checkpoint(source, target, quant=qtype, template=template, progress=progress)
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    name: str
+    path: Path
+    size: int
+
+
+def list_models() -> list[CachedModel]:
+    """The converted models in the cache, by name."""
+    folder = models_dir()
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.glob("*.gguf") if p.is_file() and not p.name.startswith("."))
+    return [CachedModel(p.name, p, p.stat().st_size) for p in files]
+
+
+def remove_model(name: str) -> list[Path]:
+    """Delete cached models matching NAME: a file name, or a model's name (all its quantizations)."""
+    wanted = name.replace("/", "--")
+    matches = [m.path for m in list_models() if wanted in _names_of(m.name)]
+    if not matches:
+        raise ModelError(f"{name}: no such cached model; `lcpp-zh models` lists them")
+    for path in matches:
+        path.unlink()
+    return matches
+
+
+def _names_of(file_name: str) -> set[str]:
+    """Names a cached file answers to: its file name, stem, model key (no quant), local folder name."""
+    stem = file_name.removesuffix(".gguf")
+    key = stem.rsplit(".", 1)[0]
+    names = {file_name, stem, key}
+    folder, _, digest = key.rpartition("-")
+    if folder and re.fullmatch(r"[0-9a-f]{8}", digest):
+        names.add(folder)
+    return names

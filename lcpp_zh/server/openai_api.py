@@ -1,0 +1,155 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings.
+
+Each route validates its body, builds the prompt (templates for chat), submits it to the model's engine and
+answers as OpenAI does, streaming as server-sent events when asked. Nothing here touches llama.cpp itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import struct
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from lcpp_zh.errors import EngineError
+from lcpp_zh.server.httperrors import ApiError, engine_error
+from lcpp_zh.server.params import build_sampling
+from lcpp_zh.server.prompting import chat_prompt, text_prompt
+from lcpp_zh.server.registry import ServedModel
+from lcpp_zh.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields
+from lcpp_zh.server.streaming import EngineStreamResponse, collect, openai_reason, sse_events
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+# OpenAI's "developer" role is the newer name of "system"; tool calls are not supported.
+_ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def submit(request: Request, model: ServedModel, tokens: list[int], params: Any) -> Any:
+    """Hand a prompt to the engine; a full queue is a 503, any other refusal a 400."""
+    try:
+        return model.engine.submit(tokens, params)
+    except EngineError as exc:
+        raise engine_error(exc, request.app.state.lcpp.retry_after_s) from exc
+
+
+def _chat_messages(body: ChatRequest) -> list[dict[str, str]]:
+    messages = []
+    for i, message in enumerate(body.messages):
+        if message.role not in _ROLE_MAP:
+            raise ApiError(400, f"messages[{i}]: role {message.role!r} is not supported", param=f"messages.{i}.role")
+        try:
+            messages.append({"role": _ROLE_MAP[message.role], "content": message.text()})
+        except ValueError as exc:
+            raise ApiError(400, f"messages[{i}]: {exc}", param=f"messages.{i}.content") from exc
+    return messages
+
+
+async def _prepare(request: Request, body: SamplingFields, tokens: list[int], stops: list[str],
+                   model: ServedModel) -> Any:
+    params = build_sampling(body, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot, extra_stops=stops)
+    return submit(request, model, tokens, params)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request) -> Any:
+    state = request.app.state.lcpp
+    model = state.registry.get(body.model)
+    tokens, stops = await asyncio.to_thread(chat_prompt, model, _chat_messages(body), body.template)
+    stream = await _prepare(request, body, tokens, stops, model)
+    ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    base = {"id": ident, "created": created, "model": model.alias}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        extra = {"usage": None} if include_usage else {}
+
+        def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+            delta = {"content": text} if text is not None else {}
+            return {**base, "object": "chat.completion.chunk", **extra,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        first = {**base, "object": "chat.completion.chunk", **extra,
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}]}
+        usage = (lambda u: {**base, "object": "chat.completion.chunk", "choices": [], "usage": u}) if include_usage else None
+        events = sse_events(stream, state.metrics, model.alias, chunk=chunk, usage_chunk=usage, first=first)
+        return EngineStreamResponse(events, stream)
+    outcome = await collect(stream, request, state.metrics, model.alias)
+    return JSONResponse({**base, "object": "chat.completion",
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": outcome.text},
+                                      "logprobs": None, "finish_reason": openai_reason(outcome.reason)}],
+                         "usage": outcome.usage()})
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    state = request.app.state.lcpp
+    model = state.registry.get(body.model)
+    tokens = await asyncio.to_thread(text_prompt, model, body.prompt)
+    stream = await _prepare(request, body, tokens, [], model)
+    ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    base = {"id": ident, "object": "text_completion", "created": created, "model": model.alias}
+    prefix = body.prompt if body.echo and isinstance(body.prompt, str) else ""
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        extra = {"usage": None} if include_usage else {}
+
+        def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+            return {**base, **extra, "choices": [{"index": 0, "text": text or "", "logprobs": None,
+                                                  "finish_reason": finish}]}
+
+        first = chunk(prefix, None) if prefix else None
+        usage = (lambda u: {**base, "choices": [], "usage": u}) if include_usage else None
+        events = sse_events(stream, state.metrics, model.alias, chunk=chunk, usage_chunk=usage, first=first)
+        return EngineStreamResponse(events, stream)
+    outcome = await collect(stream, request, state.metrics, model.alias)
+    return JSONResponse({**base, "choices": [{"index": 0, "text": prefix + outcome.text, "logprobs": None,
+                                              "finish_reason": openai_reason(outcome.reason)}],
+                         "usage": outcome.usage()})
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    registry = request.app.state.lcpp.registry
+    registry.get(None)  # 503 while loading
+    data = [{"id": m.alias, "object": "model", "created": m.created, "owned_by": "lcpp-zh",
+             "template": m.template_name, "n_ctx_slot": m.engine.n_ctx_slot} for m in registry.all()]
+    return {"object": "list", "data": data}
+
+
+def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+    """A list of floats, or (the openai client's default) base64 of little-endian float32."""
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return [float(x) for x in vector]
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+    model = request.app.state.lcpp.registry.get(body.model)
+    texts = body.texts()
+    if any(not text for text in texts):
+        raise ApiError(400, "input contains an empty string", param="input")
+    counts = await asyncio.to_thread(lambda: [len(model.engine.tokenize(t, add_bos=True, special=False))
+                                              for t in texts])
+    too_long = [i for i, n in enumerate(counts) if n > model.engine.n_ctx_slot]
+    if too_long:
+        raise ApiError(400, f"input[{too_long[0]}] is too long: {counts[too_long[0]]} tokens, "
+                            f"the context holds {model.engine.n_ctx_slot}", param="input",
+                       code="context_length_exceeded")
+    try:
+        vectors = await asyncio.to_thread(model.engine.embed, texts)
+    except EngineError as exc:
+        raise ApiError(400, f"embeddings are not available for {model.alias}: {exc}", param="model") from exc
+    data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+            for i, v in enumerate(vectors)]
+    total = sum(counts)
+    return {"object": "list", "data": data, "model": model.alias,
+            "usage": {"prompt_tokens": total, "total_tokens": total}}

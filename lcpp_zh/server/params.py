@@ -1,0 +1,70 @@
+"""Turn a validated request into the engine's SamplingParams: defaults, context limits, stops and grammars.
+
+A prompt that does not fit a slot's context is a 400 saying so; max_tokens is capped by what is left of the
+context. response_format json_object / json_schema becomes a GBNF grammar (llama-cpp-python's pure-Python
+schema converter, remote $refs disabled), so the model can only produce JSON of that shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from lcpp_zh.server.httperrors import ApiError
+from lcpp_zh.server.schemas import SamplingFields
+
+logger = logging.getLogger(__name__)
+
+# Request fields copied as is into SamplingParams when the client sets them.
+_PASSTHROUGH = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
+                "frequency_penalty", "seed")
+
+
+def check_prompt_fits(n_prompt: int, n_ctx_slot: int) -> None:
+    """400 when the prompt leaves no room for even one generated token."""
+    if n_prompt == 0:
+        raise ApiError(400, "prompt is empty", param="prompt", code="empty_prompt")
+    if n_prompt >= n_ctx_slot:
+        raise ApiError(400, f"prompt is too long: {n_prompt} tokens, but the context of a slot holds {n_ctx_slot}; "
+                            "shorten it or serve with a larger --ctx (or fewer --parallel slots)",
+                       param="messages", code="context_length_exceeded")
+
+
+def grammar_for(fields: SamplingFields) -> str | None:
+    """The GBNF grammar the request asks for: an explicit `grammar`, or one built from response_format."""
+    if fields.grammar:
+        return fields.grammar
+    fmt = fields.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if fmt.type == "json_object":
+        return JSON_GBNF
+    if fmt.json_schema is None or not fmt.json_schema.schema_:
+        raise ApiError(400, "response_format json_schema needs json_schema.schema", param="response_format")
+    try:
+        return json_schema_to_gbnf(json.dumps(fmt.json_schema.schema_))
+    except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; all mean a schema we cannot use
+        raise ApiError(400, f"response_format json_schema cannot be turned into a grammar: {exc}",
+                       param="response_format") from exc
+
+
+def build_sampling(fields: SamplingFields, *, n_prompt: int, n_ctx_slot: int, extra_stops: list[str] = ()) -> Any:
+    """SamplingParams for this request; fields the client left out keep the engine's defaults."""
+    from lcpp_zh.sampling import SamplingParams
+
+    check_prompt_fits(n_prompt, n_ctx_slot)
+    kwargs: dict[str, Any] = {name: getattr(fields, name) for name in _PASSTHROUGH if getattr(fields, name) is not None}
+    room = n_ctx_slot - n_prompt
+    wanted = fields.max_completion_tokens or fields.max_tokens or SamplingParams().max_tokens
+    # Capped rather than refused: OpenAI clients often send a large max_tokens meaning "as long as it takes".
+    kwargs["max_tokens"] = max(1, min(wanted, room))
+    stops = list(dict.fromkeys([*(fields.stop or []), *extra_stops]))
+    if stops:
+        kwargs["stop"] = stops
+    grammar = grammar_for(fields)
+    if grammar:
+        kwargs["grammar"] = grammar
+    return SamplingParams(**kwargs)

@@ -1,0 +1,143 @@
+"""Request bodies of the HTTP API as pydantic models: OpenAI's chat/completions/embeddings, the seed's /generate.
+
+Validation only: ranges and types are checked here so a bad body is a 422 naming the field. Turning a request
+into engine sampling settings lives in params.py; unknown OpenAI fields are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+logger = logging.getLogger(__name__)
+
+# Cap on the number of stop strings, as OpenAI does; long stop lists slow every decoding step.
+MAX_STOP_STRINGS = 8
+
+
+class _Lenient(BaseModel):
+    """Ignore fields we do not know: OpenAI clients send many (user, metadata, store, ...)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class JsonSchemaFormat(_Lenient):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class SamplingFields(_Lenient):
+    """The sampling settings shared by /v1/completions and /v1/chat/completions (None: the engine default)."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    # Extension (llama-server and llama-cpp-python accept it too): a raw GBNF grammar.
+    grammar: str | None = Field(default=None, max_length=100_000)
+    # Extension for the web page: a chat template other than the model's (name from lcpp_zh.templates).
+    template: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed")
+        return [s for s in stops if s]
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        """The message text; content parts of type text are joined (other parts are not supported)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        texts = []
+        for part in self.content:
+            if part.get("type") != "text":
+                raise ValueError(f"content part of type {part.get('type')!r} is not supported (text only)")
+            texts.append(str(part.get("text", "")))
+        return "".join(texts)
+
+
+class ChatRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[int]
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str] | list[int]) -> str | list[int]:
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            if len(value) != 1:
+                raise ValueError("one prompt per request is supported (a list of one string or a token list)")
+            return value[0]
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt is empty")
+        return value
+
+
+class EmbeddingRequest(_Lenient):
+    model: str | None = None
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class TokenizeRequest(_Lenient):
+    model: str | None = None
+    content: str
+    add_special: bool = False
+
+
+class DetokenizeRequest(_Lenient):
+    model: str | None = None
+    tokens: list[int]
+
+
+class SeedTurn(_Lenient):
+    role: str
+    content: str = ""
+
+
+class SeedGenerateRequest(_Lenient):
+    """The body of the seed's accelerate_client.py; n, best_of, top_k, stop, ... are ignored as the seed did."""
+
+    history: list[SeedTurn] = Field(min_length=1)
+    system_prompt: str | None = ""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    model: str | None = None

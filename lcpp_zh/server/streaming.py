@@ -1,0 +1,151 @@
+"""Bridge engine streams to HTTP: server-sent events for streaming requests, collection for the others.
+
+The engine thread produces events; we consume them with the stream's async iterator so the event loop never
+blocks. Whatever ends the consumer first (client disconnect, which cancels the response task, or an error)
+cancels the engine stream in a `finally`, which frees its slot at the engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from lcpp_zh.server.httperrors import ApiError, sse_error
+from lcpp_zh.server.metrics import Metrics
+from lcpp_zh.stream import Finished
+
+logger = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+# How often a non-streaming request checks that its client is still there.
+_DISCONNECT_POLL_S = 0.25
+
+
+@dataclass
+class Outcome:
+    """What a finished engine stream produced."""
+
+    text: str
+    reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+def is_finished(event: Any) -> bool:
+    return isinstance(event, Finished)
+
+
+async def engine_events(stream: Any, metrics: Metrics, alias: str) -> AsyncIterator[Any]:
+    """The stream's events; cancels the stream if the consumer stops early and records the finish in metrics."""
+    finished = False
+    try:
+        async for event in stream.aiter():
+            if is_finished(event):
+                finished = True
+                metrics.observe_finished(alias, event)
+            yield event
+    finally:
+        if not finished:
+            stream.cancel()
+            metrics.observe_cancelled(alias)
+
+
+def openai_reason(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+async def _consume(stream: Any, metrics: Metrics, alias: str) -> Outcome:
+    parts: list[str] = []
+    async for event in engine_events(stream, metrics, alias):
+        if is_finished(event):
+            return Outcome("".join(parts), event.reason, event.prompt_tokens, event.completion_tokens,
+                           getattr(event, "error", None))
+        parts.append(event.text)
+    raise ApiError(500, "engine stream ended without a finish event")
+
+
+async def collect(stream: Any, request: Request, metrics: Metrics, alias: str) -> Outcome:
+    """Run a stream to its end for a non-streaming request; a client that goes away cancels it."""
+    task = asyncio.ensure_future(_consume(stream, metrics, alias))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                break
+            if await request.is_disconnected():
+                logger.info("client went away; cancelling its request")
+                task.cancel()
+                break
+    finally:
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise ApiError(499, "client closed the request")
+    outcome = task.result()
+    if outcome.reason == "error":
+        raise ApiError(500, f"generation failed: {outcome.error}", code="engine_error")
+    return outcome
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+async def sse_events(stream: Any, metrics: Metrics, alias: str, *,
+                     chunk: Callable[[str | None, str | None], dict[str, Any]],
+                     usage_chunk: Callable[[dict[str, int]], dict[str, Any]] | None,
+                     first: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
+    """OpenAI-style SSE: optional first chunk, one chunk per text delta, a finish chunk, usage, [DONE].
+
+    `chunk(text, finish_reason)` builds a chunk; `usage_chunk` is given when stream_options.include_usage.
+    """
+    if first is not None:
+        yield _sse(first)
+    async for event in engine_events(stream, metrics, alias):
+        if not is_finished(event):
+            if event.text:
+                yield _sse(chunk(event.text, None))
+            continue
+        if event.reason == "error":
+            yield sse_error(500, f"generation failed: {getattr(event, 'error', None)}")
+        elif event.reason != "cancelled":
+            yield _sse(chunk(None, openai_reason(event.reason)))
+            if usage_chunk is not None:
+                total = event.prompt_tokens + event.completion_tokens
+                yield _sse(usage_chunk({"prompt_tokens": event.prompt_tokens,
+                                        "completion_tokens": event.completion_tokens, "total_tokens": total}))
+        yield DONE
+        return
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class EngineStreamResponse(StreamingResponse):
+    """An SSE response that cancels its engine stream however the response ends.
+
+    The generator's own `finally` does not run when the client leaves before the first chunk is pulled, so
+    the response itself cancels the stream too (cancelling a finished stream does nothing).
+    """
+
+    def __init__(self, events: AsyncIterator[bytes], stream: Any) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._engine_stream = stream
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._engine_stream.cancel()

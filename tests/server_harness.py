@@ -1,0 +1,99 @@
+"""Start and stop real `lcpp-zh serve` processes on 127.0.0.1 for the server tests.
+
+A server is a subprocess of the installed CLI on a free port; `start_server` waits until /health says ok (or
+the process dies, whose log is then shown) and `stop` interrupts it and waits, so no test leaks a server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from conftest import lcpp_zh_command
+
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+    api_key: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of /metrics, by name and exact label text (0 when absent)."""
+        text = httpx.get(f"{self.url}/metrics", headers=self.headers(), timeout=10).text
+        wanted = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_server(args: list[str], workdir: Path, *, api_key: str | None = None, env: dict[str, str] | None = None,
+                 wait: bool = True) -> Server:
+    """`lcpp-zh serve ARGS --port FREE` with its log in workdir; waits for /health 200 when `wait`."""
+    port = free_port()
+    log_path = workdir / f"serve-{port}.log"
+    full_env = {**os.environ, "LCPP_ZH_CACHE": str(workdir / "cache"), **(env or {})}
+    full_env.pop("LCPP_ZH_API_KEY", None)
+    if api_key:
+        full_env["LCPP_ZH_API_KEY"] = api_key
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([*lcpp_zh_command(), "serve", *args, "--port", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    server = Server(process, port, log_path, api_key)
+    if wait:
+        wait_ready(server)
+    return server
+
+
+def wait_ready(server: Server, timeout: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server not ready after {timeout} s:\n{server.log()}")
