@@ -15,9 +15,9 @@ from pathlib import Path
 
 import click
 
+from lcpp_zh.cli.convert_cmds import QUANT_CHOICES
 from lcpp_zh.cli.lora_cmds import pair_loras
 from lcpp_zh.cli.progress import byte_progress, human_size
-from lcpp_zh.cli.convert_cmds import QUANT_CHOICES
 from lcpp_zh.resolve import DEFAULT_QUANT, INFER_DTYPES
 from lcpp_zh.templates import template_names
 
