@@ -123,8 +123,10 @@ def check_logits(hf_dir: Path, gguf_path: Path, file_type: str | None) -> Logits
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
     except ImportError:
         return None
+    transformers_logging.disable_progress_bar()  # the table is the output
     import llama_cpp
 
     sentencepiece = (hf_dir / "tokenizer.model").is_file()

