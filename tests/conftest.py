@@ -145,3 +145,11 @@ def copy_checkpoint(tmp_path):
         return dest
 
     return copy
+
+
+@pytest.fixture
+def chat_env(tmp_path):
+    """The environment of a `lcpp-zh chat` process: its own cache, no cursor-position requests, plain xterm."""
+    env = dict(os.environ, LCPP_ZH_CACHE=str(tmp_path / "cache"), PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
+    env.pop("LCPP_ZH_DEBUG", None)
+    return env

@@ -5,33 +5,16 @@ plus piped stdin and display-width wrapping."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
 import pexpect
-import pytest
 from conftest import lcpp_zh_command
+from repl_harness import PROMPT, spawn_chat
 
 from lcpp_zh.wrap import StreamWrapper, char_width
 
-PROMPT = ">>>"  # prompt_toolkit draws the trailing space with a cursor move
-
-
-@pytest.fixture
-def chat_env(tmp_path):
-    env = dict(os.environ, LCPP_ZH_CACHE=str(tmp_path / "cache"), PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
-    env.pop("LCPP_ZH_DEBUG", None)
-    return env
-
-
-def _spawn(model, env, *extra: str) -> pexpect.spawn:
-    cmd = lcpp_zh_command()
-    args = [*cmd[1:], "chat", str(model), "--ctx", "1024", "--max-new-tokens", "24", "--temperature", "0",
-            "--threads", "2", *extra]
-    child = pexpect.spawn(cmd[0], args, env=env, encoding="utf-8", timeout=120, dimensions=(24, 80))
-    child.expect(PROMPT)
-    return child
+_spawn = spawn_chat
 
 
 def _say(child: pexpect.spawn, line: str, until: str = PROMPT) -> str:

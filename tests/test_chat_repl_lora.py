@@ -6,20 +6,18 @@ converter (the scale the chat started with)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pexpect
 import pytest
-from conftest import lcpp_zh_command
 from lora_adapters import make_adapter
+from repl_harness import PROMPT, spawn_chat
 
 from lcpp_zh.chat_session import ChatSession
 from lcpp_zh.convert.lora_adapter import convert_lora
 from lcpp_zh.convert.pipeline import convert_checkpoint
 from lcpp_zh.engine import Engine
 
-PROMPT = ">>>"
 QUESTION = "介绍一下北京"
 START_SCALE = 0.8
 
@@ -33,20 +31,8 @@ def adapter(tiny_zh_hf, tmp_path_factory):
             "merged": convert_checkpoint(tiny_zh_hf, root / "merged.gguf", outtype="f32", loras=[(peft, START_SCALE)])}
 
 
-@pytest.fixture
-def chat_env(tmp_path):
-    env = dict(os.environ, LCPP_ZH_CACHE=str(tmp_path / "cache"), PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
-    env.pop("LCPP_ZH_DEBUG", None)
-    return env
-
-
 def _spawn(model, env, *extra: str) -> pexpect.spawn:
-    cmd = lcpp_zh_command()
-    args = [*cmd[1:], "chat", str(model), "--ctx", "1024", "--max-new-tokens", "24", "--temperature", "0",
-            "--threads", "2", *extra]
-    child = pexpect.spawn(cmd[0], args, env=env, encoding="utf-8", timeout=120, dimensions=(24, 200))
-    child.expect(PROMPT)
-    return child
+    return spawn_chat(model, env, *extra, columns=200)
 
 
 def _say(child: pexpect.spawn, line: str, until: str) -> str:
