@@ -61,8 +61,10 @@ def test_generate_answers_like_the_seed(server):
     assert result["status"] == 200
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", result["time"])
     assert isinstance(result["response"], str) and result["response"].strip()
-    # The template's stop strings end the answer before the model starts the next turn.
-    assert "Human:" not in result["response"] and "\ufffd" not in result["response"]
+    # The template's stop strings end the answer before the model starts the next turn. (No U+FFFD check
+    # here: a sampled answer in a foreign chat format may contain byte sequences that are not UTF-8 at all;
+    # that split characters are never broken is tested on streams in test_server_concurrency.)
+    assert "Human:" not in result["response"]
 
 
 def test_generate_multi_turn_with_the_clients_spelling(server):
