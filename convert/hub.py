@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from lcpp_zh.errors import CheckpointError
@@ -45,21 +46,32 @@ def _weight_patterns(repo_id: str) -> list[str]:
 
 def download_checkpoint(repo_id: str) -> Path:
     """Download (or find in the hub cache) what converting `repo_id` needs."""
+
+    def patterns() -> list[str]:
+        from huggingface_hub.constants import HF_HUB_OFFLINE
+
+        weights = ["model*.safetensors", "pytorch_model*.bin"] if HF_HUB_OFFLINE else _weight_patterns(repo_id)
+        logger.info("downloading %s (%s)", repo_id, ", ".join(weights))
+        return _ALWAYS + weights
+
+    return download_snapshot(repo_id, patterns, CheckpointError, "repository")
+
+
+def download_snapshot(repo_id: str, patterns: Callable[[], list[str]] | list[str],
+                      error: type[CheckpointError] = CheckpointError, what: str = "repository") -> Path:
+    """snapshot_download of the files matching `patterns`, its failures as one-line `error`s."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        from huggingface_hub.constants import HF_HUB_OFFLINE
-        weights = ["model*.safetensors", "pytorch_model*.bin"] if HF_HUB_OFFLINE else _weight_patterns(repo_id)
-        logger.info("downloading %s (%s)", repo_id, ", ".join(weights))
-        folder = snapshot_download(repo_id, allow_patterns=_ALWAYS + weights)
+        allowed = patterns() if callable(patterns) else patterns
+        return Path(snapshot_download(repo_id, allow_patterns=allowed))
     except RepositoryNotFoundError:
-        raise CheckpointError(f"{repo_id}: no such repository on the hub (or it is gated: set HF_TOKEN)") from None
+        raise error(f"{repo_id}: no such {what} on the hub (or it is gated: set HF_TOKEN)") from None
     except LocalEntryNotFoundError:
-        raise CheckpointError(
+        raise error(
             f"{repo_id}: not in the local hub cache and the hub cannot be reached "
             "(offline? set HF_ENDPOINT to a mirror such as https://hf-mirror.com)"
         ) from None
     except (HfHubHTTPError, OSError) as exc:
-        raise CheckpointError(f"{repo_id}: download failed ({str(exc).splitlines()[0]})") from None
-    return Path(folder)
+        raise error(f"{repo_id}: download failed ({str(exc).splitlines()[0]})") from None

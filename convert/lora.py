@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lcpp_zh.convert.hub import is_repo_id
+from lcpp_zh.convert.hub import download_snapshot, is_repo_id
 from lcpp_zh.convert.safetensors_reader import index_safetensors
 from lcpp_zh.convert.tensor_source import TensorSource
 from lcpp_zh.convert.torch_reader import index_torch_bin
@@ -95,18 +95,7 @@ def locate_adapter(source: str | Path) -> Path:
     path = Path(source).expanduser()
     if path.exists() or not is_repo_id(str(source)):
         return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        return Path(snapshot_download(str(source), allow_patterns=_ADAPTER_FILES))
-    except RepositoryNotFoundError:
-        raise AdapterError(f"{source}: no such adapter repository on the hub (or it is gated: set HF_TOKEN)") from None
-    except LocalEntryNotFoundError:
-        raise AdapterError(f"{source}: not in the local hub cache and the hub cannot be reached "
-                           "(offline? set HF_ENDPOINT to a mirror such as https://hf-mirror.com)") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise AdapterError(f"{source}: download failed ({str(exc).splitlines()[0]})") from None
+    return download_snapshot(str(source), _ADAPTER_FILES, AdapterError, "adapter repository")
 
 
 def read_adapter_config(directory: Path) -> dict[str, Any]:

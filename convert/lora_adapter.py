@@ -25,22 +25,12 @@ from lcpp_zh.convert.lora import (
     read_adapter,
 )
 from lcpp_zh.convert.lora_merge import normalized_name
-from lcpp_zh.convert.tensor_plan import permute_rows
+from lcpp_zh.convert.tensor_plan import FILE_TYPE_TENSOR_TYPE, OUTTYPES, permute_rows
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_OUTTYPES: dict[str, gguf.LlamaFileType] = {
-    "f32": gguf.LlamaFileType.ALL_F32,
-    "f16": gguf.LlamaFileType.MOSTLY_F16,
-    "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-}
-_TENSOR_TYPES = {
-    gguf.LlamaFileType.ALL_F32: gguf.GGMLQuantizationType.F32,
-    gguf.LlamaFileType.MOSTLY_F16: gguf.GGMLQuantizationType.F16,
-    gguf.LlamaFileType.MOSTLY_BF16: gguf.GGMLQuantizationType.BF16,
-    gguf.LlamaFileType.MOSTLY_Q8_0: gguf.GGMLQuantizationType.Q8_0,
-}
+# Adapters take the same output types as models.
+ADAPTER_OUTTYPES = OUTTYPES
 
 
 def base_shapes(base_dir: Path, config: dict) -> dict[str, tuple[int, ...]]:
@@ -112,7 +102,7 @@ def convert_lora(adapter_dir: str | Path, base_dir: str | Path | None, destinati
     check_against_base(adapter, shapes)
     if not adapter.pairs:
         raise AdapterError(f"{adapter.directory.name}: the adapter holds no LoRA pairs")
-    qtype = _TENSOR_TYPES[_file_type(adapter, outtype)]
+    qtype = FILE_TYPE_TENSOR_TYPE[_file_type(adapter, outtype)]
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     for pair in adapter.pairs:

@@ -31,7 +31,7 @@ OUTTYPES: dict[str, gguf.LlamaFileType] = {
     "bf16": gguf.LlamaFileType.MOSTLY_BF16,
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
 }
-_FILE_TYPE_TENSOR_TYPE = {
+FILE_TYPE_TENSOR_TYPE = {
     gguf.LlamaFileType.ALL_F32: gguf.GGMLQuantizationType.F32,
     gguf.LlamaFileType.MOSTLY_F16: gguf.GGMLQuantizationType.F16,
     gguf.LlamaFileType.MOSTLY_BF16: gguf.GGMLQuantizationType.BF16,
@@ -105,7 +105,7 @@ def tensor_type(name: str, n_dims: int, row_length: int, file_type: gguf.LlamaFi
     """The GGUF type llama.cpp's converter gives a tensor for an output file type."""
     if n_dims <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
         return gguf.GGMLQuantizationType.F32
-    qtype = _FILE_TYPE_TENSOR_TYPE[file_type]
+    qtype = FILE_TYPE_TENSOR_TYPE[file_type]
     block_size = gguf.GGML_QUANT_SIZES[qtype][0]
     if row_length % block_size != 0:
         return gguf.GGMLQuantizationType.F16  # the converter's QuantError fallback

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from lcpp_zh.cli.lora_cmds import lora_options, pair_loras
-from lcpp_zh.cli.progress import byte_progress, human_size
+from lcpp_zh.cli.progress import byte_progress, human_size, report_written
 from lcpp_zh.convert.chat_templates import BUILTIN_TEMPLATES
 from lcpp_zh.convert.pipeline import OUTTYPE_CHOICES, convert_checkpoint
 from lcpp_zh.convert.quantize import QuantType, quantize_gguf
@@ -48,10 +48,7 @@ def convert(source: str, output: Path, outtype: str, quant: str | None, template
     with byte_progress("converting", quiet) as progress:
         written = convert_checkpoint(source, output, outtype=outtype, quant=quant, template=template,
                                      progress=progress, loras=loras)
-    if not quiet:
-        click.echo(f"wrote {written} ({human_size(written.stat().st_size)}) in {time.monotonic() - started:.1f} s",
-                   err=True)
-    click.echo(str(written))
+    report_written(written, started, quiet)
 
 
 @click.command("quantize")
@@ -70,10 +67,7 @@ def quantize(source: Path, output: Path, qtype: str, threads: int | None, quiet:
     """
     started = time.monotonic()
     written = quantize_gguf(source, output, qtype, threads)
-    if not quiet:
-        click.echo(f"wrote {written} ({human_size(written.stat().st_size)}) in {time.monotonic() - started:.1f} s",
-                   err=True)
-    click.echo(str(written))
+    report_written(written, started, quiet)
 
 
 @click.command("inspect")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from lcpp_zh.cli.progress import human_size
+from lcpp_zh.cli.progress import report_written
 from lcpp_zh.convert.lora_adapter import ADAPTER_OUTTYPES
 
 
@@ -62,10 +62,7 @@ def convert_lora(adapter: str, base: Path | None, output: Path, outtype: str, qu
 
     started = time.monotonic()
     written = write_adapter(adapter, base, output, outtype)
-    if not quiet:
-        click.echo(f"wrote {written} ({human_size(written.stat().st_size)}) in {time.monotonic() - started:.1f} s",
-                   err=True)
-    click.echo(str(written))
+    report_written(written, started, quiet)
 
 
 COMMANDS = [convert_lora]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+import click
 
 
 @contextmanager
@@ -26,6 +30,14 @@ def byte_progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None
         yield update
     finally:
         bar.close()
+
+
+def report_written(path: Path, started: float, quiet: bool) -> None:
+    """The CLI's result: `wrote PATH (SIZE) in T s` on stderr (unless quiet), the path alone on stdout."""
+    if not quiet:
+        click.echo(f"wrote {path} ({human_size(path.stat().st_size)}) in {time.monotonic() - started:.1f} s",
+                   err=True)
+    click.echo(str(path))
 
 
 def human_size(n_bytes: float) -> str:
