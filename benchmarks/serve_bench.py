@@ -108,14 +108,15 @@ class Server:
         self.log.close()
 
 
-async def one_stream(client: openai.AsyncOpenAI, prompt: str, max_tokens: int, count, run: Run) -> None:
+async def one_stream(client: openai.AsyncOpenAI, prompt: str, max_tokens: int, count, run: Run,
+                     no_end: dict[str, float]) -> None:
     start = time.perf_counter()
     first = None
     parts: list[str] = []
     try:
         stream = await client.chat.completions.create(
             model="bench", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-            temperature=0.7, top_p=0.95, seed=1, stream=True)
+            temperature=0.7, top_p=0.95, seed=1, stream=True, logit_bias=no_end)
         async for chunk in stream:
             for choice in chunk.choices:
                 if choice.delta.content:
@@ -131,21 +132,29 @@ async def one_stream(client: openai.AsyncOpenAI, prompt: str, max_tokens: int, c
     run.tokens += count("".join(parts))
 
 
-async def drive(run: Run, base_url: str, round_no: int, max_tokens: int, count) -> None:
+async def drive(run: Run, base_url: str, round_no: int, max_tokens: int, count, no_end: dict[str, float]) -> None:
     """One batch of `run.clients` simultaneous streams; adds its tokens, wall time and TTFTs to `run`."""
     async with openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600) as client:
         start = time.perf_counter()
         prompts = [f"Write a long, detailed story about {TOPICS[(round_no * run.clients + i) % len(TOPICS)]}."
                    for i in range(run.clients)]
-        await asyncio.gather(*(one_stream(client, p, max_tokens, count, run) for p in prompts))
+        await asyncio.gather(*(one_stream(client, p, max_tokens, count, run, no_end) for p in prompts))
         run.wall_s += time.perf_counter() - start
 
 
 def token_counter(model: Path):
+    """A token counter for texts, and a logit_bias that bans every end-of-generation token.
+
+    With the ban each stream runs to max_tokens on every server: without it, the servers' slightly different
+    numerics pick different words, some streams end early, and tokens/s compares different amounts of work.
+    """
+    import llama_cpp
     from llama_cpp import Llama
 
     vocab = Llama(str(model), vocab_only=True, verbose=False)
-    return lambda text: len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
+    handle = llama_cpp.llama_model_get_vocab(vocab.model)
+    no_end = {str(t): -100.0 for t in range(vocab.n_vocab()) if llama_cpp.llama_vocab_is_eog(handle, t)}
+    return (lambda text: len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0), no_end
 
 
 def report(runs: list[Run]) -> None:
@@ -185,7 +194,7 @@ def main() -> None:
     if "llama-server" in wanted and "llama-server" not in commands:
         print("llama-server skipped: set LLAMA_CPP_TOOLS to the folder holding it", file=sys.stderr)
     clients = [int(c) for c in args.clients.split(",")]
-    count = token_counter(args.model)
+    count, no_end = token_counter(args.model)
     print(f"model {args.model.name}, threads {args.threads}, max_tokens {args.max_tokens}, rounds {args.rounds}")
     names = [n for n in wanted if n in commands]
     runs = {(name, n): Run(name, n) for n in clients for name in names}
@@ -197,11 +206,11 @@ def main() -> None:
         try:
             for name, server in servers.items():
                 server.wait_ready()
-                asyncio.run(drive(Run(name, 1), server.base_url, 0, 16, count))  # warm-up
+                asyncio.run(drive(Run(name, 1), server.base_url, 0, 16, count, no_end))  # warm-up
             for round_no in range(args.rounds):
                 for n in clients:
                     for name, server in servers.items():
-                        asyncio.run(drive(runs[(name, n)], server.base_url, round_no, args.max_tokens, count))
+                        asyncio.run(drive(runs[(name, n)], server.base_url, round_no, args.max_tokens, count, no_end))
                         loads.append(os.getloadavg()[0])
                 print(f"  round {round_no + 1}/{args.rounds} done", file=sys.stderr)
         finally:

@@ -54,7 +54,7 @@ class ChatSession:
     def set(self, name: str, value: str) -> str:
         """Change one sampling setting from text (`/set temperature 0.5`); returns the canonical name."""
         name = SETTING_ALIASES.get(name, name)
-        if name not in SamplingParams.names() or name in ("stop", "grammar"):
+        if name not in self.setting_names():
             raise EngineError(f"unknown setting {name!r}; settings: {', '.join(self.setting_names())}")
         current = getattr(self.params, name)
         try:
@@ -67,7 +67,8 @@ class ChatSession:
 
     @staticmethod
     def setting_names() -> list[str]:
-        return [n for n in SamplingParams.names() if n not in ("stop", "grammar")]
+        # Settings that are not one number or word cannot be typed after /set.
+        return [n for n in SamplingParams.names() if n not in ("stop", "grammar", "logit_bias")]
 
     # --- turns ---
     def ask(self, text: str) -> Iterator[str]:

@@ -11,11 +11,15 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lcpp_zh.errors import EngineError
 from lcpp_zh.llama_api import Batch, LlamaContext, LlamaModel
+from lcpp_zh.logit_edits import LogitEdits
 from lcpp_zh.sampling import SamplingParams, build_chain
 from lcpp_zh.scheduler import QueueFull, Scheduler
 from lcpp_zh.slots import Request
@@ -44,6 +48,14 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+@dataclass
+class SlotSampler:
+    """A request's sampler: logit edits in Python, then llama.cpp's chain."""
+
+    chain: Any
+    edits: LogitEdits
+
+
 class _LlamaBackend:
     """The scheduler's view of llama.cpp: decode, KV trimming and sampling on one context."""
 
@@ -63,21 +75,20 @@ class _LlamaBackend:
     def seq_rm(self, seq_id: int, p0: int, p1: int = -1) -> bool:
         return self.ctx.seq_rm(seq_id, p0, p1)
 
-    def make_sampler(self, params: SamplingParams, prompt: list[int]) -> Any:
-        chain = build_chain(params, vocab=self.model.vocab, n_vocab=self.model.n_vocab)
-        if not params.grammar and params.repeat_last_n != 0:
-            # The repetition penalty looks at the prompt too, as transformers' repetition_penalty does
-            # (the seed's demo). Not with a grammar: it must only see generated tokens.
-            window = prompt if params.repeat_last_n < 0 else prompt[-params.repeat_last_n:]
-            for token in window:
-                self._llama.llama_sampler_accept(chain, token)
-        return chain
+    def make_sampler(self, params: SamplingParams, prompt: list[int]) -> SlotSampler:
+        edits = LogitEdits(params, self.model.n_vocab, prompt)
+        return SlotSampler(build_chain(params, vocab=self.model.vocab), edits)
 
-    def sample(self, sampler: Any, index: int) -> int:
-        return self._llama.llama_sampler_sample(sampler, self.ctx.ctx, index)
+    def sample(self, sampler: SlotSampler, index: int) -> int:
+        if sampler.edits.active:
+            logits = self._llama.llama_get_logits_ith(self.ctx.ctx, index)
+            sampler.edits.apply(np.ctypeslib.as_array(logits, shape=(self.model.n_vocab,)))
+        token = self._llama.llama_sampler_sample(sampler.chain, self.ctx.ctx, index)
+        sampler.edits.accept(token)
+        return token
 
-    def free_sampler(self, sampler: Any) -> None:
-        self._llama.llama_sampler_free(sampler)
+    def free_sampler(self, sampler: SlotSampler) -> None:
+        self._llama.llama_sampler_free(sampler.chain)
 
     def is_eog(self, token: int) -> bool:
         return self.model.is_eog(token)

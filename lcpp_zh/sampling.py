@@ -34,8 +34,11 @@ class SamplingParams:
     max_tokens: int = 512
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
     def __post_init__(self) -> None:
+        # JSON (a saved chat, an HTTP body) has string keys.
+        self.logit_bias = {int(token): float(bias) for token, bias in self.logit_bias.items()}
         self.validate()
 
     def validate(self) -> None:
@@ -51,6 +54,8 @@ class SamplingParams:
             (math.isfinite(self.frequency_penalty), "frequency_penalty must be finite"),
             (self.max_tokens >= 1, "max_tokens must be >= 1"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty text"),
+            (all(t >= 0 and not math.isnan(b) for t, b in self.logit_bias.items()),
+             "logit_bias needs token ids >= 0 and numeric biases"),
         ]
         for ok, message in checks:
             if not ok:
@@ -71,11 +76,12 @@ def resolve_seed(params: SamplingParams) -> int:
     return params.seed if params.seed is not None else random.getrandbits(31)
 
 
-def build_chain(params: SamplingParams, *, vocab: Any, n_vocab: int) -> Any:
+def build_chain(params: SamplingParams, *, vocab: Any) -> Any:
     """A llama.cpp sampler chain for `params`; the caller frees it with llama_sampler_free.
 
-    Order follows llama.cpp's common sampler: penalties, grammar, top-k, top-p, min-p, temperature, dist.
-    Temperature 0 means greedy (penalties still apply, as in llama.cpp).
+    Order follows llama.cpp's common sampler: logit bias and penalties (lcpp_zh.logit_edits applies those
+    to the logits before the chain runs), grammar, top-k, top-p, min-p, temperature, dist. Temperature 0
+    means greedy (bias and penalties still apply, as in llama.cpp).
     """
     import llama_cpp
 
@@ -86,10 +92,6 @@ def build_chain(params: SamplingParams, *, vocab: Any, n_vocab: int) -> Any:
     def add(sampler: Any) -> None:
         llama_cpp.llama_sampler_chain_add(chain, sampler)
 
-    penalties_on = params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
-    if penalties_on and params.repeat_last_n != 0:
-        add(llama_cpp.llama_sampler_init_penalties(n_vocab, params.repeat_last_n, params.repeat_penalty,
-                                                   params.frequency_penalty, params.presence_penalty))
     if params.grammar:
         grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode("utf-8"), b"root")
         if not grammar:

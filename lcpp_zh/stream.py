@@ -57,7 +57,8 @@ class Stream:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._events: collections.deque[Event] = collections.deque()
-        self._async: tuple[asyncio.AbstractEventLoop, asyncio.Queue] | None = None
+        # An asyncio consumer waiting on a future: (loop, future, wake on any event, or only on Finished).
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future, bool] | None = None
         self.cancelled = threading.Event()
         self.done = False
 
@@ -68,15 +69,17 @@ class Stream:
                 return
             if isinstance(event, Finished):
                 self.done = True
-            if self._async is not None:
-                loop, queue = self._async
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
-                except RuntimeError:  # the consumer's loop is closed: nobody listens any more
-                    self.cancelled.set()
-            else:
-                self._events.append(event)
-                self._cond.notify_all()
+            self._events.append(event)
+            self._cond.notify_all()
+            waiter = self._waiter
+            if waiter is None or not (waiter[2] or self.done):
+                return
+            self._waiter = None
+        loop, future, _ = waiter
+        try:
+            loop.call_soon_threadsafe(_wake, future)
+        except RuntimeError:  # the consumer's loop is closed: nobody listens any more
+            self.cancelled.set()
 
     # --- consumer side ---
     def cancel(self) -> None:
@@ -96,18 +99,54 @@ class Stream:
             if isinstance(event, Finished):
                 return
 
-    async def aiter(self) -> AsyncIterator[Event]:
-        """Async iteration for asyncio consumers; events already produced come first."""
-        queue: asyncio.Queue = asyncio.Queue()
-        with self._lock:
-            while self._events:
-                queue.put_nowait(self._events.popleft())
-            self._async = (asyncio.get_running_loop(), queue)
+    async def batches(self, min_interval_s: float = 0.0) -> AsyncIterator[list[Event]]:
+        """Async iteration in lists of the events that arrived since the last list; never blocks the loop.
+
+        After each list the consumer rests (at most `min_interval_s`) before taking the next, so a fast
+        generation reaches it in fewer, larger lists; only the Finished event cuts a rest short. The engine
+        thread wakes the loop only for a consumer that waits, so a resting one costs it no wake-up at all.
+        """
+        loop = asyncio.get_running_loop()
         while True:
-            event = await queue.get()
-            yield event
-            if isinstance(event, Finished):
+            with self._lock:
+                events = list(self._events)
+                self._events.clear()
+                if not events:
+                    future = loop.create_future()
+                    self._waiter = (loop, future, True)
+            if not events:
+                await future
+                continue
+            yield events
+            if isinstance(events[-1], Finished):
                 return
+            if min_interval_s > 0:
+                await self._rest(loop, min_interval_s)
+
+    async def _rest(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        """Wait until the next multiple of `interval` on the loop's clock, or until the Finished event.
+
+        Every stream of a loop rests until the same instants, so with many streams the loop wakes once per
+        interval for all of them, not once per stream at scattered times (each wake-up takes a core away
+        from llama.cpp's threads for a moment).
+        """
+        with self._lock:
+            if self.done:  # the end is already queued: no reason to wait
+                return
+            future = loop.create_future()
+            self._waiter = (loop, future, False)
+        try:
+            await asyncio.wait({future}, timeout=interval - loop.time() % interval)
+        finally:
+            with self._lock:
+                if self._waiter is not None and self._waiter[1] is future:
+                    self._waiter = None
+
+    async def aiter(self) -> AsyncIterator[Event]:
+        """Async iteration one event at a time, for asyncio consumers."""
+        async for events in self.batches():
+            for event in events:
+                yield event
 
     def text(self) -> tuple[str, Finished]:
         """Run to the end: the whole text and the Finished event."""
@@ -117,3 +156,8 @@ class Stream:
                 return "".join(parts), event
             parts.append(event.text)
         raise AssertionError("unreachable: a stream always ends with Finished")
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():  # a consumer that went away cancelled it
+        future.set_result(None)

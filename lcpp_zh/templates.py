@@ -9,6 +9,7 @@ The part above `render_chat` imports no llama_cpp.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -52,7 +53,7 @@ class ChatTemplate:
                     bos_token: str, eos_token: str) -> str:
         check_messages(messages)
         try:
-            template = _jinja_env().from_string(self.source)
+            template = _compiled(self.source)
             return template.render(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
                                    bos_token=bos_token, eos_token=eos_token)
         except TemplateError:
@@ -96,6 +97,12 @@ def _jinja_env() -> Any:
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     return env
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(source: str) -> Any:
+    """A template compiled once: compiling takes milliseconds, rendering a compiled one is thread-safe."""
+    return _jinja_env().from_string(source)
 
 
 def guess_stops(source: str) -> tuple[str, ...]:

@@ -86,6 +86,51 @@ def test_greedy_completion_follows_llama_cpp_python(client, server, reference):
     assert clear.choices[0].text == want["choices"][0]["text"]
 
 
+def test_logit_bias_bans_a_token_as_llama_cpp_python_does(client, reference):
+    prompt = "The capital of France is"
+    plain = client.completions.create(model="smol", prompt=prompt, max_tokens=12, **greedy())
+    first = reference.tokenize(plain.choices[0].text.encode(), add_bos=False, special=False)[0]
+    banned = client.completions.create(model="smol", prompt=prompt, max_tokens=12, logit_bias={str(first): -100},
+                                       **greedy())
+    out = reference.tokenize(banned.choices[0].text.encode(), add_bos=False, special=False)
+    assert first not in out
+    want = reference.create_completion(reference.tokenize(prompt.encode(), add_bos=False), max_tokens=12,
+                                       temperature=0.0, repeat_penalty=1.0, logit_bias={first: -100.0})
+    assert banned.choices[0].text == want["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("bias", [{"99999999": -100}, {"hello": 1}, {"5": 1000}])
+def test_bad_logit_bias_is_refused(client, bias):
+    with pytest.raises((openai.BadRequestError, openai.UnprocessableEntityError)) as info:
+        client.completions.create(model="smol", prompt=PROMPT, max_tokens=4, logit_bias=bias)
+    assert "logit_bias" in str(info.value.body)
+
+
+@pytest.fixture(scope="module")
+def coalescing_server(smollm2_gguf, tmp_path_factory):
+    srv = start_server([str(smollm2_gguf), "--parallel", "1", "--ctx", "1024", "--threads", "2",
+                        "--stream-interval", "1000", "--no-embeddings"], tmp_path_factory.mktemp("serve-interval"))
+    yield srv
+    srv.stop()
+
+
+def test_stream_interval_gathers_tokens_into_fewer_chunks(coalescing_server):
+    """With --stream-interval 1000 the first token goes out alone at once and what follows within the next
+    second shares a chunk; the end is not held back until the second is over."""
+    client = openai.OpenAI(base_url=coalescing_server.v1, api_key="x", max_retries=0, timeout=120)
+    whole = client.completions.create(model="", prompt=PROMPT, max_tokens=20, **greedy())
+    deltas, usage = [], None
+    for chunk in client.completions.create(model="", prompt=PROMPT, max_tokens=20, stream=True,
+                                           stream_options={"include_usage": True}, **greedy()):
+        usage = chunk.usage or usage
+        deltas.extend(c.text for c in chunk.choices if c.text)
+    assert "".join(deltas) == whole.choices[0].text
+    assert usage is not None and usage.completion_tokens == 20
+    assert len(deltas) < 20  # one chunk per token would be 20
+    first = client.completions.create(model="", prompt=PROMPT, max_tokens=1, **greedy()).choices[0].text
+    assert deltas[0] == first
+
+
 def test_second_alias_serves_the_same_model(client):
     one = client.completions.create(model="smol", prompt=PROMPT, max_tokens=12, **greedy())
     two = client.completions.create(model="smol2", prompt=PROMPT, max_tokens=12, **greedy())

@@ -130,9 +130,12 @@ def _chosen_template(template: str | None, template_file: Path | None, model_sou
 @click.option("--api-key", envvar="LCPP_ZH_API_KEY", default=None, show_default=False,
               help="Require `Authorization: Bearer KEY` on every API route (env LCPP_ZH_API_KEY).")
 @click.option("--max-body-bytes", default=4 * 1024 * 1024, type=click.IntRange(1024, 1 << 30), help="Largest request body accepted.")
+@click.option("--stream-interval", "stream_interval_ms", default=50, type=click.IntRange(0, 1000),
+              help="Least milliseconds between two streamed chunks; tokens made meanwhile share one chunk. "
+                   "The first token and the end are never held back; 0 sends every token as it comes.")
 def serve(models: tuple[str, ...], model_paths: tuple[str, ...], model_source: str | None, host: str, port: int,
           parallel: int, max_queue: int, n_batch: int, embeddings: bool, api_key: str | None, max_body_bytes: int,
-          **model_opts: Any) -> None:
+          stream_interval_ms: int, **model_opts: Any) -> None:
     """Serve MODELs over HTTP: the OpenAI API, the seed's POST /generate and a chat page at /.
 
     Each MODEL (a .gguf, a Hugging Face folder or a repo id, optionally ALIAS=MODEL) is served under its alias;
@@ -169,7 +172,8 @@ def serve(models: tuple[str, ...], model_paths: tuple[str, ...], model_source: s
         logger.warning("ready: %s on http://%s:%d", ", ".join(s.alias for s in specs), host, port)
         return loaded
 
-    run_server(loader, host=host, port=port, api_key=api_key, max_body_bytes=max_body_bytes)
+    run_server(loader, host=host, port=port, api_key=api_key, max_body_bytes=max_body_bytes,
+               stream_interval_s=stream_interval_ms / 1000)
 
 
 COMMANDS: list[click.Command] = [serve]

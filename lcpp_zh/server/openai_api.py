@@ -54,7 +54,8 @@ def _chat_messages(body: ChatRequest) -> list[dict[str, str]]:
 
 async def _prepare(request: Request, body: SamplingFields, tokens: list[int], stops: list[str],
                    model: ServedModel) -> Any:
-    params = build_sampling(body, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot, extra_stops=stops)
+    params = build_sampling(body, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot,
+                            n_vocab=model.engine.n_vocab, extra_stops=stops)
     return submit(request, model, tokens, params)
 
 
@@ -79,7 +80,8 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
                  "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None}]}
         usage = (lambda u: {**base, "object": "chat.completion.chunk", "choices": [], "usage": u}) if include_usage else None
-        events = sse_events(stream, state.metrics, model.alias, chunk=chunk, usage_chunk=usage, first=first)
+        events = sse_events(stream, state.metrics, model.alias, chunk=chunk, usage_chunk=usage, first=first,
+                            min_interval_s=state.stream_interval_s)
         return EngineStreamResponse(events, stream)
     outcome = await collect(stream, request, state.metrics, model.alias)
     return JSONResponse({**base, "object": "chat.completion",
@@ -107,7 +109,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 
         first = chunk(prefix, None) if prefix else None
         usage = (lambda u: {**base, "choices": [], "usage": u}) if include_usage else None
-        events = sse_events(stream, state.metrics, model.alias, chunk=chunk, usage_chunk=usage, first=first)
+        events = sse_events(stream, state.metrics, model.alias, chunk=chunk, usage_chunk=usage, first=first,
+                            min_interval_s=state.stream_interval_s)
         return EngineStreamResponse(events, stream)
     outcome = await collect(stream, request, state.metrics, model.alias)
     return JSONResponse({**base, "choices": [{"index": 0, "text": prefix + outcome.text, "logprobs": None,

@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 
 # Cap on the number of stop strings, as OpenAI does; long stop lists slow every decoding step.
 MAX_STOP_STRINGS = 8
+# OpenAI's limits for logit_bias: at most 300 tokens, biases in [-100, 100] (-100 bans a token in practice).
+MAX_LOGIT_BIAS_TOKENS = 300
 
 
 class _Lenient(BaseModel):
@@ -53,6 +55,7 @@ class SamplingFields(_Lenient):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     seed: int | None = None
     stop: str | list[str] | None = None
+    logit_bias: dict[str, float] | None = None
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -69,6 +72,20 @@ class SamplingFields(_Lenient):
         if len(stops) > MAX_STOP_STRINGS:
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed")
         return [s for s in stops if s]
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if not value:
+            return None
+        if len(value) > MAX_LOGIT_BIAS_TOKENS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS_TOKENS} tokens may be biased")
+        for token, bias in value.items():
+            if not token.isdigit():
+                raise ValueError(f"keys are token ids, not {token!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"bias {bias} of token {token} is outside [-100, 100]")
+        return value
 
 
 class ChatMessage(_Lenient):

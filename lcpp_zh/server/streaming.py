@@ -47,15 +47,17 @@ def is_finished(event: Any) -> bool:
     return isinstance(event, Finished)
 
 
-async def engine_events(stream: Any, metrics: Metrics, alias: str) -> AsyncIterator[Any]:
-    """The stream's events; cancels the stream if the consumer stops early and records the finish in metrics."""
+async def engine_batches(stream: Any, metrics: Metrics, alias: str,
+                         min_interval_s: float = 0.0) -> AsyncIterator[list[Any]]:
+    """The stream's events in lists (see Stream.batches); cancels the stream if the consumer stops early
+    and records the finish in metrics."""
     finished = False
     try:
-        async for event in stream.aiter():
-            if is_finished(event):
+        async for events in stream.batches(min_interval_s):
+            if is_finished(events[-1]):
                 finished = True
-                metrics.observe_finished(alias, event)
-            yield event
+                metrics.observe_finished(alias, events[-1])
+            yield events
     finally:
         if not finished:
             stream.cancel()
@@ -68,11 +70,12 @@ def openai_reason(reason: str) -> str:
 
 async def _consume(stream: Any, metrics: Metrics, alias: str) -> Outcome:
     parts: list[str] = []
-    async for event in engine_events(stream, metrics, alias):
-        if is_finished(event):
-            return Outcome("".join(parts), event.reason, event.prompt_tokens, event.completion_tokens,
-                           getattr(event, "error", None))
-        parts.append(event.text)
+    async for events in engine_batches(stream, metrics, alias):
+        parts.extend(event.text for event in events if not is_finished(event))
+        end = events[-1]
+        if is_finished(end):
+            return Outcome("".join(parts), end.reason, end.prompt_tokens, end.completion_tokens,
+                           getattr(end, "error", None))
     raise ApiError(500, "engine stream ended without a finish event")
 
 
@@ -106,26 +109,30 @@ def _sse(payload: dict[str, Any]) -> bytes:
 async def sse_events(stream: Any, metrics: Metrics, alias: str, *,
                      chunk: Callable[[str | None, str | None], dict[str, Any]],
                      usage_chunk: Callable[[dict[str, int]], dict[str, Any]] | None,
-                     first: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
-    """OpenAI-style SSE: optional first chunk, one chunk per text delta, a finish chunk, usage, [DONE].
+                     first: dict[str, Any] | None = None, min_interval_s: float = 0.0) -> AsyncIterator[bytes]:
+    """OpenAI-style SSE: optional first chunk, text chunks, a finish chunk, usage, [DONE].
 
     `chunk(text, finish_reason)` builds a chunk; `usage_chunk` is given when stream_options.include_usage.
+    Text that arrived while the previous chunk was being sent, or within `min_interval_s` of it, goes out as
+    one chunk: one event-loop wake-up and one client parse for several tokens.
     """
     if first is not None:
         yield _sse(first)
-    async for event in engine_events(stream, metrics, alias):
-        if not is_finished(event):
-            if event.text:
-                yield _sse(chunk(event.text, None))
+    async for events in engine_batches(stream, metrics, alias, min_interval_s):
+        end = events[-1]
+        text = "".join(event.text for event in events if not is_finished(event))
+        if text:
+            yield _sse(chunk(text, None))
+        if not is_finished(end):
             continue
-        if event.reason == "error":
-            yield sse_error(500, f"generation failed: {getattr(event, 'error', None)}")
-        elif event.reason != "cancelled":
-            yield _sse(chunk(None, openai_reason(event.reason)))
+        if end.reason == "error":
+            yield sse_error(500, f"generation failed: {getattr(end, 'error', None)}")
+        elif end.reason != "cancelled":
+            yield _sse(chunk(None, openai_reason(end.reason)))
             if usage_chunk is not None:
-                total = event.prompt_tokens + event.completion_tokens
-                yield _sse(usage_chunk({"prompt_tokens": event.prompt_tokens,
-                                        "completion_tokens": event.completion_tokens, "total_tokens": total}))
+                total = end.prompt_tokens + end.completion_tokens
+                yield _sse(usage_chunk({"prompt_tokens": end.prompt_tokens,
+                                        "completion_tokens": end.completion_tokens, "total_tokens": total}))
         yield DONE
         return
 
