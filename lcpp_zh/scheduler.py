@@ -22,6 +22,11 @@ from lcpp_zh.stream import Finished
 logger = logging.getLogger(__name__)
 
 
+# How long an idle engine waits for more of a burst of requests (see Scheduler._gather_burst).
+GATHER_QUIET_S = 0.003
+GATHER_MAX_S = 0.03
+
+
 class QueueFull(EngineError):
     """Every slot is busy and the waiting queue is full (a server answers 503)."""
 
@@ -125,9 +130,32 @@ class Scheduler:
 
     def _wait_for_work(self) -> bool:
         with self.cond:
-            while not self.closing and not self.queue and not any(s.busy for s in self.slots):
+            idle = not any(s.busy for s in self.slots)
+            while not self.closing and not self.queue and idle:
                 self.cond.wait()
+            if idle and not self.closing:
+                self._gather_burst()
             return not self.closing
+
+    def _gather_burst(self) -> None:
+        """Starting from idle, let the rest of a burst of requests arrive before the first step (called
+        with self.cond held).
+
+        Clients often send several requests at once, and their HTTP handling takes a moment each. Once
+        the first step runs, it holds both cores and the others only join at the next one, a whole prompt
+        evaluation later. Waiting while requests keep coming (GATHER_QUIET_S apart, GATHER_MAX_S in all)
+        puts them in one batch; a lone request waits GATHER_QUIET_S.
+        """
+        deadline = time.monotonic() + GATHER_MAX_S
+        seen = len(self.queue)
+        while not self.closing and seen < len(self.slots):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.cond.wait(min(GATHER_QUIET_S, remaining))
+            if len(self.queue) == seen:
+                return
+            seen = len(self.queue)
 
     def _admit(self) -> None:
         """Move waiting requests onto idle slots, each on the slot with the longest shared prefix."""

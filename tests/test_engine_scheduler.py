@@ -4,6 +4,10 @@ test_engine*.py; here every batch the scheduler builds is recorded and checked."
 
 from __future__ import annotations
 
+import threading
+import time
+
+from lcpp_zh import scheduler as scheduler_module
 from lcpp_zh.sampling import SamplingParams
 from lcpp_zh.scheduler import Scheduler
 from lcpp_zh.slots import Request
@@ -195,3 +199,44 @@ def test_decode_failure_ends_the_requests_with_an_error():
     finished = _events(req)[-1]
     assert finished.reason == "error" and "KV cache" in finished.error
     assert backend.kv[0] == []
+
+
+def _run_in_thread(sched: Scheduler) -> threading.Thread:
+    thread = threading.Thread(target=sched.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_burst_from_idle_starts_in_one_batch(monkeypatch):
+    """Requests arriving a moment apart while the engine is idle are prefilled together, not one step apart."""
+    monkeypatch.setattr(scheduler_module, "GATHER_QUIET_S", 1.0)
+    monkeypatch.setattr(scheduler_module, "GATHER_MAX_S", 10.0)
+    backend = FakeBackend()
+    sched = Scheduler(backend, n_slots=4, n_ctx_slot=100, n_batch=64)
+    thread = _run_in_thread(sched)
+    reqs = [_request([1 + i, 2, 3], 2) for i in range(3)]
+    for req in reqs:
+        sched.submit(req)
+        time.sleep(0.05)  # far below the quiet time: the burst goes on
+    for req in reqs:
+        assert req.stream.text()[1].reason == "length"
+    sched.close()
+    thread.join(5)
+    assert {item[2] for item in backend.batches[0]} == {0, 1, 2}
+
+
+def test_a_burst_that_fills_every_slot_does_not_wait(monkeypatch):
+    monkeypatch.setattr(scheduler_module, "GATHER_QUIET_S", 30.0)
+    monkeypatch.setattr(scheduler_module, "GATHER_MAX_S", 60.0)
+    backend = FakeBackend()
+    sched = Scheduler(backend, n_slots=2, n_ctx_slot=100, n_batch=64)
+    thread = _run_in_thread(sched)
+    start = time.monotonic()
+    reqs = [_request([1, 2], 2), _request([3, 4], 2)]
+    for req in reqs:
+        sched.submit(req)
+    for req in reqs:
+        req.stream.text()
+    assert time.monotonic() - start < 10.0  # not the 30 s quiet time: no slot was left to fill
+    sched.close()
+    thread.join(5)
