@@ -176,8 +176,12 @@ class Engine:
         tokens = [int(t) for t in prompt_tokens]
         if any(t < 0 or t >= self.n_vocab for t in tokens):
             raise EngineError(f"prompt token ids must lie in [0, {self.n_vocab})")
+        params = params or SamplingParams()
+        outside = [t for t in params.logit_bias if t >= self.n_vocab]
+        if outside:
+            raise EngineError(f"logit_bias: token {outside[0]} is not in the vocabulary (ids 0 to {self.n_vocab - 1})")
         stream = Stream()
-        self._scheduler.submit(Request(tokens, params or SamplingParams(), stream, cache_key))
+        self._scheduler.submit(Request(tokens, params, stream, cache_key))
         return stream
 
     def generate(self, prompt_tokens: Sequence[int], params: SamplingParams | None = None) -> tuple[str, Finished]:

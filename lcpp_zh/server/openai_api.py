@@ -54,8 +54,7 @@ def _chat_messages(body: ChatRequest) -> list[dict[str, str]]:
 
 async def _prepare(request: Request, body: SamplingFields, tokens: list[int], stops: list[str],
                    model: ServedModel) -> Any:
-    params = build_sampling(body, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot,
-                            n_vocab=model.engine.n_vocab, extra_stops=stops)
+    params = build_sampling(body, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot, extra_stops=stops)
     return submit(request, model, tokens, params)
 
 

@@ -51,8 +51,7 @@ def grammar_for(fields: SamplingFields) -> str | None:
                        param="response_format") from exc
 
 
-def build_sampling(fields: SamplingFields, *, n_prompt: int, n_ctx_slot: int, n_vocab: int,
-                   extra_stops: list[str] = ()) -> Any:
+def build_sampling(fields: SamplingFields, *, n_prompt: int, n_ctx_slot: int, extra_stops: list[str] = ()) -> Any:
     """SamplingParams for this request; fields the client left out keep the engine's defaults."""
     from lcpp_zh.sampling import SamplingParams
 
@@ -69,10 +68,5 @@ def build_sampling(fields: SamplingFields, *, n_prompt: int, n_ctx_slot: int, n_
     if grammar:
         kwargs["grammar"] = grammar
     if fields.logit_bias:
-        bias = {int(token): value for token, value in fields.logit_bias.items()}
-        outside = [token for token in bias if token >= n_vocab]
-        if outside:
-            raise ApiError(400, f"logit_bias: token {outside[0]} is not in the vocabulary (ids 0 to {n_vocab - 1})",
-                           param="logit_bias")
-        kwargs["logit_bias"] = bias
+        kwargs["logit_bias"] = fields.logit_bias  # ids beyond the vocabulary: the engine's submit refuses them
     return SamplingParams(**kwargs)
