@@ -7,18 +7,26 @@ STAMP := $(VENV)/.installed
 # CUDA=1 builds llama-cpp-python with the CUDA backend (needs nvcc); the default build is CPU-only.
 CUDA ?=
 CMAKE_ARGS_CUDA := $(if $(CUDA),-DGGML_CUDA=on,)
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+# llama.cpp builds for the CPU it compiles on (-march=native). On a CPU with AMX whose kernel or hypervisor
+# does not grant the AMX tile state (virtual machines, sandboxes), ggml's AMX kernels fault with a general
+# protection error on the first batch of more than one token: measured on this project's build machines.
+# AMX is therefore left out unless AMX=1; the AVX-512/AVX2 kernels are used instead.
+AMX ?=
+NO_AMX_FLAGS := $(if $(AMX),,$(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16,))
 MODEL ?=
 QUANT ?= Q4_K_M
 OUTTYPE ?= auto
 OUT ?= out
 
-.PHONY: install demo test convert serve bench lint clean help
+.PHONY: install demo test convert serve bench tools lint clean help
 
 help:
 	@echo "make demo     - offline demo: build a tiny Chinese Llama, convert, quantize, verify, chat"
 	@echo "make test     - install everything and run the test suite"
 	@echo "make convert MODEL=<dir or repo id> [QUANT=Q4_K_M] - convert and quantize a checkpoint"
-	@echo "make install [CUDA=1] - create $(VENV) with lcpp-zh installed (editable)"
+	@echo "make install [CUDA=1] [AMX=1] - create $(VENV) with lcpp-zh installed (editable)"
+	@echo "make tools    - build llama.cpp's own llama-server, llama-bench, ... for comparisons"
 	@echo "make bench    - run the benchmarks in benchmarks/"
 	@echo "make lint     - ruff"
 
@@ -27,7 +35,10 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	CMAKE_ARGS="$(CMAKE_ARGS_CUDA) $(CMAKE_ARGS)" $(PY) -m pip install -e '.[test]'
+	@# Built without pip's wheel cache: a cached wheel would ignore changed build flags (CUDA=1, AMX=1).
+	CMAKE_ARGS="$(CMAKE_ARGS_CUDA) $(CMAKE_ARGS)" CFLAGS="$(NO_AMX_FLAGS) $(CFLAGS)" CXXFLAGS="$(NO_AMX_FLAGS) $(CXXFLAGS)" \
+	  $(PY) -m pip install --no-cache-dir '$(LLAMA_CPP_PYTHON)'
+	$(PY) -m pip install -e '.[test]'
 	$(PY) scripts/install_gguf_py.py
 	touch $@
 
@@ -45,13 +56,20 @@ convert: install
 	$(VENV)/bin/lcpp-zh convert "$(MODEL)" --outtype $(OUTTYPE) \
 	  -o "$(OUT)/$$(basename "$(MODEL)").$(if $(QUANT),$(QUANT),$(OUTTYPE)).gguf" $(if $(QUANT),--quant $(QUANT),)
 
-# The benchmarks compare with llama.cpp's own tools, built once from the same llama.cpp (about 6 minutes).
-LLAMA_CPP_TOOLS ?= $(shell test -x ../shared/tools/build-llama-cpp-tools && ../shared/tools/build-llama-cpp-tools 2>/dev/null)
-bench: install
+# llama.cpp's own programs (llama-server, llama-bench, llama-perplexity, llama-quantize, llama-imatrix,
+# ggml-rpc-server), built once from the llama.cpp that llama-cpp-python vendors (about 6 minutes on 2 cores).
+# Benchmarks compare against them and skip a comparison when they are absent.
+TOOLS_DIR_FILE := $(VENV)/.llama-cpp-tools
+tools: install
+	NO_AMX_FLAGS="$(NO_AMX_FLAGS)" PYTHON=$(PY) bash scripts/build-llama-cpp-tools.sh > $(TOOLS_DIR_FILE)
+	@echo "llama.cpp tools in $$(cat $(TOOLS_DIR_FILE))"
+
+bench: tools
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/convert_bench.py
-	LLAMA_CPP_TOOLS=$(LLAMA_CPP_TOOLS) $(PY) benchmarks/generate_bench.py
-	LLAMA_CPP_TOOLS=$(LLAMA_CPP_TOOLS) $(PY) benchmarks/serve_bench.py
+	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/generate_bench.py
+	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/serve_bench.py
+	$(PY) benchmarks/soak_bench.py
 
 serve: install
 	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=<gguf, folder or repo id>"; exit 2; }

@@ -3,7 +3,7 @@ llama.cpp's llama-bench tg128, same GGUF, same prompt, in one run.
 
 Prints tokens/s and time to first token of each and the ratios (targets: >= 1.0x llama-cpp-python,
 >= 0.7x llama-bench tg128). llama-bench comes from $LLAMA_CPP_TOOLS (built by
-/work/shared/tools/build-llama-cpp-tools; skipped when absent). Default model: SmolLM2-135M-Instruct.
+`make tools`; skipped when absent). Default model: SmolLM2-135M-Instruct.
     python benchmarks/generate_bench.py [--model M.gguf] [--tokens 128] [--repeat 3] [--threads N]
 """
 
@@ -75,7 +75,7 @@ def default_model() -> Path:
 
 
 def main() -> None:
-    from lcpp_zh.engine import physical_cores
+    from lcpp_zh.runtime.engine import physical_cores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)

@@ -3,7 +3,7 @@
 Starts each server on the same GGUF with the same threads, drives it with 1 and with 8 concurrent streaming
 clients through the openai package, and prints aggregate tokens/s, median and max time to first token,
 errors, and our ratios to each reference measured in the same run. A benchmark, not a test: it asserts
-nothing. llama-server is taken from $LLAMA_CPP_TOOLS (see /work/shared/tools/build-llama-cpp-tools) and
+nothing. llama-server is taken from $LLAMA_CPP_TOOLS (built by `make tools`) and
 skipped when absent.
 
     python benchmarks/serve_bench.py [--model M.gguf] [--threads 2] [--max-tokens 128] [--clients 1,8]
@@ -173,6 +173,12 @@ def report(runs: list[Run]) -> None:
         theirs_ttft = statistics.median(r.ttfts) if r.ttfts else float("nan")
         print(f"{r.clients} client(s): lcpp-zh / {r.name}: tokens/s x{mine.tps / r.tps:.2f}; "
               f"median TTFT {ours_ttft:.3f} s vs {theirs_ttft:.3f} s")
+        if r.name == "llama-server":
+            # Targets: tokens/s >= 1.0x llama-server at every client count, and with several streams a
+            # median time to first token no higher than its.
+            met = mine.tps >= r.tps and (r.clients == 1 or ours_ttft <= theirs_ttft)
+            print(f"   target vs llama-server (>= 1.0x{'' if r.clients == 1 else ', median TTFT <= its'}): "
+                  f"{'met' if met else 'MISSED'}")
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Find a checkpoint: a local folder as is, or a Hugging Face hub repo id downloaded with only the files
 conversion needs. huggingface_hub honours HF_ENDPOINT (a mirror, e.g. https://hf-mirror.com for users in
-China), HF_TOKEN and HF_HUB_OFFLINE.
+China), HF_TOKEN and HF_HUB_OFFLINE. `modelscope:owner/name` comes from ModelScope instead (modelscope.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from lcpp_zh.convert import modelscope
 from lcpp_zh.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,9 @@ def is_repo_id(text: str) -> bool:
 
 
 def locate_checkpoint(source: str | Path) -> tuple[Path, str | None]:
-    """The local folder of a checkpoint and, for a hub download, its repo id."""
+    """The local folder of a checkpoint and, for a hub download, its repo id (owner/name on either hub)."""
+    if modelscope.is_modelscope(str(source)):
+        return modelscope.download_modelscope(str(source)), modelscope.modelscope_repo(str(source))
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -31,7 +34,7 @@ def locate_checkpoint(source: str | Path) -> tuple[Path, str | None]:
         return path, None
     if is_repo_id(str(source)):
         return download_checkpoint(str(source)), str(source)
-    raise CheckpointError(f"{source}: no such folder, and not a hub repo id (owner/name)")
+    raise CheckpointError(f"{source}: no such folder, and not a hub repo id (owner/name, or modelscope:owner/name)")
 
 
 def _weight_patterns(repo_id: str) -> list[str]:

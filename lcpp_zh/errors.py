@@ -35,3 +35,7 @@ class TemplateError(LcppError):
 
 class EngineError(LcppError):
     """A request the engine cannot serve (context too long, bad sampling settings)."""
+
+
+class EngineUnavailable(EngineError):
+    """The model's runner is restarting or has failed: retry later (a server answers 503)."""

@@ -1,8 +1,9 @@
 """Model resolution shared by chat, generate and serve: a MODEL argument -> a GGUF file on disk.
 
-A `.gguf` path is used as is. A local Hugging Face folder or a hub repo id is converted and quantized once
-through lcpp_zh.convert and cached under the cache directory (env LCPP_ZH_CACHE, default ~/.cache/lcpp-zh);
-later runs find the cached file. No llama.cpp import here.
+A `.gguf` path is used as is. A local Hugging Face folder, a Hugging Face repo id (owner/name) or a ModelScope
+one (modelscope:owner/name) is converted and quantized once through lcpp_zh.convert and cached under the cache
+directory (env LCPP_ZH_CACHE, default ~/.cache/lcpp-zh); later runs find the cached file. The downloads
+themselves stay in each hub's own cache (HF_HOME, MODELSCOPE_CACHE). No llama.cpp import here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ DEFAULT_QUANT = "Q4_K_M"
 INFER_DTYPES = {"int4": "Q4_K_M", "int8": "Q8_0", "float16": "F16"}
 _UNQUANTIZED = {"F32", "F16", "BF16"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The prefix of ModelScope repo ids (lcpp_zh.convert.modelscope downloads them).
+MODELSCOPE_PREFIX = "modelscope:"
 
 
 def cache_dir() -> Path:
@@ -44,6 +47,12 @@ def quant_for(quant: str | None, infer_dtype: str | None) -> str:
     return (quant or DEFAULT_QUANT).upper()
 
 
+def _name_key(name: str) -> str:
+    """A repo id as a file name: FlagAlpha/Atom-7B-Chat -> FlagAlpha--Atom-7B-Chat,
+    modelscope:FlagAlpha/Atom-7B-Chat -> modelscope--FlagAlpha--Atom-7B-Chat (its own cache entry)."""
+    return name.replace(":", "--").replace("/", "--")
+
+
 def cache_name(source: str, quant: str) -> str:
     """File name of the cached GGUF: repo ids by name, local folders by name plus a hash of their path."""
     path = Path(source).expanduser()
@@ -51,8 +60,26 @@ def cache_name(source: str, quant: str) -> str:
         digest = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
         stem = f"{path.resolve().name}-{digest}"
     else:
-        stem = source.replace("/", "--")
+        stem = _name_key(source)
     return f"{stem}.{quant.upper()}.gguf"
+
+
+def _check_source(source: str, path: Path) -> None:
+    """A MODEL that is neither a .gguf file nor convertible is an error saying which forms are accepted."""
+    if source.lower().endswith(".gguf"):
+        raise ModelError(f"{source}: no such model file")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{source}: not a Hugging Face model folder (no config.json) and not a .gguf file")
+        return
+    if source.startswith(MODELSCOPE_PREFIX):
+        if not _REPO_ID.match(source[len(MODELSCOPE_PREFIX):]):
+            raise ModelError(f"{source}: a ModelScope model is named modelscope:owner/name "
+                             "(e.g. modelscope:FlagAlpha/Atom-7B-Chat)")
+        return
+    if not _REPO_ID.match(source):
+        raise ModelError(f"{source}: no such file or folder, and not a hub repo id "
+                         "(owner/name on Hugging Face, modelscope:owner/name on ModelScope)")
 
 
 def resolve_model(name_or_path: str | os.PathLike, quant: str | None = DEFAULT_QUANT, *,
@@ -63,13 +90,7 @@ def resolve_model(name_or_path: str | os.PathLike, quant: str | None = DEFAULT_Q
     path = Path(source).expanduser()
     if path.is_file():
         return path
-    if source.lower().endswith(".gguf"):
-        raise ModelError(f"{source}: no such model file")
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{source}: not a Hugging Face model folder (no config.json) and not a .gguf file")
-    elif not _REPO_ID.match(source):
-        raise ModelError(f"{source}: no such file or folder, and not a hub repo id (owner/name)")
+    _check_source(source, path)
     qtype = quant_for(quant, infer_dtype)
     target = models_dir() / cache_name(source, qtype)
     if target.is_file():
@@ -106,7 +127,7 @@ def list_models() -> list[CachedModel]:
 
 def remove_model(name: str) -> list[Path]:
     """Delete cached models matching NAME: a file name, or a model's name (all its quantizations)."""
-    wanted = name.replace("/", "--")
+    wanted = _name_key(name)
     matches = [m.path for m in list_models() if wanted in _names_of(m.name)]
     if not matches:
         raise ModelError(f"{name}: no such cached model; `lcpp-zh models` lists them")

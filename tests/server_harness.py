@@ -76,8 +76,10 @@ def start_server(args: list[str], workdir: Path, *, api_key: str | None = None, 
     if api_key:
         full_env["LCPP_ZH_API_KEY"] = api_key
     with open(log_path, "wb") as log:
+        # A process group of its own, as a server started from a terminal has: a test can send it the
+        # terminal's Ctrl-C (os.killpg) without hitting pytest.
         process = subprocess.Popen([*lcpp_zh_command(), "serve", *args, "--port", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=full_env)
+                                   stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
     server = Server(process, port, log_path, api_key)
     if wait:
         wait_ready(server)

@@ -13,10 +13,10 @@ import pytest
 from lora_adapters import make_adapter
 from repl_harness import PROMPT, spawn_chat
 
-from lcpp_zh.chat_session import ChatSession
+from lcpp_zh.chat.session import ChatSession
 from lcpp_zh.convert.lora_adapter import convert_lora
 from lcpp_zh.convert.pipeline import convert_checkpoint
-from lcpp_zh.engine import Engine
+from lcpp_zh.runtime.engine import Engine
 
 QUESTION = "介绍一下北京"
 START_SCALE = 0.8

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lcpp_zh.detokenizer import IncrementalDetokenizer, StopMatcher
-from lcpp_zh.llama_api import LlamaModel
+from lcpp_zh.runtime.detokenizer import IncrementalDetokenizer, StopMatcher
+from lcpp_zh.runtime.llama_api import LlamaModel
 
 ZH_TEXT = "中文测试：龘靐齉爩，北京欢迎你！🐉 Llama 2 模型在普通电脑上运行。"
 

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from lcpp_zh.engine import Engine, Finished, QueueFull, TextDelta
+from lcpp_zh.runtime.engine import Engine, Finished, QueueFull, TextDelta
 from lcpp_zh.errors import EngineError, ModelError
-from lcpp_zh.sampling import SamplingParams
+from lcpp_zh.runtime.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=32)
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
@@ -194,7 +194,7 @@ def test_embeddings_match_llama_cpp_python(smollm2_gguf):
 def test_default_threads_are_physical_cores():
     from pathlib import Path
 
-    from lcpp_zh.engine import physical_cores
+    from lcpp_zh.runtime.engine import physical_cores
 
     cpus = os.sched_getaffinity(0)
     cores = {(Path(f"/sys/devices/system/cpu/cpu{c}/topology/physical_package_id").read_text(),

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from lcpp_zh.engine import Engine
-from lcpp_zh.sampling import SamplingParams
+from lcpp_zh.runtime.engine import Engine
+from lcpp_zh.runtime.sampling import SamplingParams
 
 pytestmark = pytest.mark.slow
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from lcpp_zh.chat_session import ChatSession
-from lcpp_zh.engine import Engine
-from lcpp_zh.sampling import SamplingParams
+from lcpp_zh.chat.session import ChatSession
+from lcpp_zh.runtime.engine import Engine
+from lcpp_zh.runtime.sampling import SamplingParams
 
 QUESTIONS = ["Name a fruit.", "Name a color.", "Name an animal.", "Name a city.", "Name a planet.", "Name a tree."]
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import threading
 import time
 
-from lcpp_zh import scheduler as scheduler_module
-from lcpp_zh.sampling import SamplingParams
-from lcpp_zh.scheduler import Scheduler
-from lcpp_zh.slots import Request
-from lcpp_zh.stream import Finished, Stream, TextDelta
+from lcpp_zh.runtime import scheduler as scheduler_module
+from lcpp_zh.runtime.sampling import SamplingParams
+from lcpp_zh.runtime.scheduler import Scheduler
+from lcpp_zh.runtime.slots import Request
+from lcpp_zh.runtime.stream import Finished, Stream, TextDelta
 
 EOS = 0
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from lcpp_zh.engine import Engine, TextDelta
-from lcpp_zh.sampling import SamplingParams
+from lcpp_zh.runtime.engine import Engine, TextDelta
+from lcpp_zh.runtime.sampling import SamplingParams
 
 RARE = "龘靐齉爩"  # not in the tiny vocabulary: byte-fallback tokens only
 

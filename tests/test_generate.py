@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from lcpp_zh.engine import Engine
-from lcpp_zh.generate import generate
-from lcpp_zh.sampling import SamplingParams
+from lcpp_zh.runtime.engine import Engine
+from lcpp_zh.chat.generate import generate
+from lcpp_zh.runtime.sampling import SamplingParams
 
 
 def test_generate_json(run_cli, smollm2_gguf):

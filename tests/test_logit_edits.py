@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from lcpp_zh.errors import EngineError
-from lcpp_zh.logit_edits import LogitEdits
-from lcpp_zh.sampling import SamplingParams
+from lcpp_zh.runtime.logit_edits import LogitEdits
+from lcpp_zh.runtime.sampling import SamplingParams
 
 N_VOCAB = 3000
 

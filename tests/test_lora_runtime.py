@@ -1,4 +1,4 @@
-"""lcpp_zh.lora_runtime on a real llama.cpp context (llama-cpp-python's own Llama owns model and context):
+"""lcpp_zh.runtime.lora on a real llama.cpp context (llama-cpp-python's own Llama owns model and context):
 attach adapters, switch scales without reloading, and compare with merged models converted by lcpp-zh.
 """
 
@@ -12,7 +12,7 @@ from fixtures.logits import llama_cpp_logits, nmse
 from lcpp_zh.convert.lora_adapter import convert_lora
 from lcpp_zh.convert.pipeline import convert_checkpoint
 from lcpp_zh.errors import ModelError
-from lcpp_zh.lora_runtime import LoraSet
+from lcpp_zh.runtime.lora import LoraSet
 
 TOKEN_IDS = [1, 29, 310, 1190, 57, 640, 900, 12, 401, 1001, 1150, 33]
 

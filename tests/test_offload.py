@@ -7,7 +7,7 @@ import gguf
 import pytest
 
 from lcpp_zh.errors import EngineError, ModelError
-from lcpp_zh.offload import (
+from lcpp_zh.runtime.offload import (
     MARGIN_BYTES,
     GiB,
     GpuInfo,

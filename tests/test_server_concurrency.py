@@ -99,7 +99,7 @@ def test_chinese_stream_has_no_replacement_characters(server):
 
 
 def generated(server) -> float:
-    return server.metric("lcpp_zh_engine_generated_tokens", LABEL)
+    return server.metric("lcpp_zh_engine_generated_tokens_total", LABEL)
 
 
 def test_client_disconnect_frees_the_slot(server):

@@ -118,7 +118,7 @@ def test_key_and_bad_bodies(servers):
     invalid = _post(lora, content=b"[{not json", headers={"Content-Type": "application/json"})
     assert _error(invalid, 400)["message"] == "request body is not valid JSON"
     for shape in ({"scale": 1}, {"lora": [], "extra": 1}, {"model": 3, "lora": []}, "zh-style", None):
-        refused = _error(_post(lora, shape) if shape is not None else _post(lora), 422)
+        refused = _error(_post(lora, shape) if shape is not None else _post(lora), 400)
         assert refused["type"] == "invalid_request_error" and refused["param"] in ("lora", None), refused
     assert _error(_post(lora, {"model": "nope", "lora": []}), 404)["code"] == "model_not_found"
     assert _error(_post(lora, [], params={"model": "nope"}), 404)["code"] == "model_not_found"

@@ -94,7 +94,7 @@ def test_generate_bad_history_is_a_clear_error(server):
     assert r.status_code == 400
     assert "Robot" in r.json()["error"]["message"]
     r = httpx.post(f"{server.url}/generate", json={"history": []})
-    assert r.status_code == 422
+    assert r.status_code == 400
 
 
 def test_health_and_metrics(server):

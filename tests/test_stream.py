@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 
-from lcpp_zh.stream import Finished, Stream, TextDelta
+from lcpp_zh.runtime.stream import Finished, Stream, TextDelta
 
 
 def _finished(n: int = 0) -> Finished:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from lcpp_zh.engine import Engine
 from lcpp_zh.errors import TemplateError
+from lcpp_zh.runtime.engine import Engine
 from lcpp_zh.templates import (
     BUILTIN_TEMPLATES,
     EXAMPLE_CONVERSATION,
+    ChatTemplate,
     detect_template_name,
     get_template,
     load_template_file,
@@ -105,6 +106,14 @@ def test_no_doubled_bos_when_template_writes_it(tiny_engine):
     assert tokens[0] == tiny_engine.bos_id and tokens[1] != tiny_engine.bos_id
 
 
+def test_bos_goes_in_front_of_content_that_spells_it(tiny_engine):
+    """A template that writes no BOS gets one in front; a content starting with `<s>` is text, not a BOS."""
+    bare = ChatTemplate("bare", "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    rendered = render_chat(tiny_engine, [{"role": "user", "content": "<s>hi</s>"}], bare)
+    assert rendered.tokens[0] == tiny_engine.bos_id and rendered.tokens.count(tiny_engine.bos_id) == 1
+    assert tiny_engine.eos_id not in rendered.tokens and "<s>hi</s>" in tiny_engine.detokenize(rendered.tokens)
+
+
 def test_unknown_template_is_an_error():
     with pytest.raises(TemplateError, match="unknown template 'nope'"):
         resolve_template("nope")
@@ -147,7 +156,7 @@ def test_generate_prompt_is_the_seeds_demo_prompt(tiny_engine, tiny_zh_hf):
     """`lcpp-zh generate MODEL QUESTION` sends exactly the seed's transformers demo input_ids."""
     from transformers import AutoTokenizer
 
-    from lcpp_zh.generate import build_prompt
+    from lcpp_zh.chat.generate import build_prompt
 
     question = "如何向一个六岁的孩子解释什么是机器学习？"
     seed_text = "<s>Human: 如何向一个六岁的孩子解释什么是机器学习？\n</s><s>Assistant: "  # the seed's literal

@@ -1,26 +1,73 @@
-"""The web chat page in headless Chromium (Debian's chromium, driven by Playwright) against a real server.
+"""The web page in headless Chromium (Debian's chromium, driven by Playwright) against a real `lcpp-zh serve`.
 
-Load the page, send a Chinese message, watch the answer stream in, press stop; the notebook mode completes
-raw text; the conversation survives a reload. Skipped when chromium or playwright is not installed.
+A Chinese question is answered with a table, a quote, code and math: the tiny test model is held to that text
+by a GBNF grammar typed into the page's own settings, so the real server streams it token by token and the
+page renders it as it comes. The conversation survives a reload, is exported, and imported on a phone-sized
+page, which must stay usable at 390 and 360 px. Stop, regenerate, edit and delete work on a streamed answer.
+Every page here fails its test on an uncaught exception, a console error or a request that leaves the server.
+Skipped when chromium or playwright is not installed (scripts/ensure-test-deps.sh installs chromium).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
+import json
+import re
 
 import httpx
 import pytest
+from page_harness import (
+    ENDLESS_CHINESE,
+    PHONE,
+    SMALL_PHONE,
+    launch_browser,
+    literal_grammar,
+    open_page,
+    open_settings,
+    save_screenshot,
+    send,
+    set_field,
+    wait_idle,
+)
 from server_harness import start_server
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("LCPP_ZH_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-# Long answers so that "stop" has something to stop; the grammar keeps the model from ending on its own.
-ENDLESS_CHINESE = "root ::= [\u4e00-\u9fa5] root"
+QUESTION = "用表格比较 Atom-7B 和 Llama2-Chinese，再给一段 Python 代码和注意力公式。"
+RICH_ANSWER = """两个模型的对比：
+
+| 模型 | 词表 | 上下文 |
+| --- | --- | --- |
+| Atom-7B | 65000 | 4096 |
+| Llama2-Chinese | 32000 | 4096 |
+
+> Q4_K_M 约 4 GB，笔记本也能跑。
+
+```python
+def speed(n, s):
+    return n / s  # 每秒 token 数
+```
+
+注意力公式，$d_k$ 是头的维度：
+
+$$
+\\mathrm{softmax}\\left(\\frac{QK^\\top}{\\sqrt{d_k}}\\right)V
+$$
+
+1. 量化模型
+   - 推荐 **Q4_K_M**
+2. 启动 `lcpp-zh serve`"""
+
+# Records whether a block already rendered was ever replaced while the answer streamed (it must not be:
+# only the block that is still growing is re-rendered).
+WATCH_BLOCKS = """() => {
+  window.__stable = null; window.__stableReplaced = false; window.__blocksSeen = 0;
+  new MutationObserver((mutations) => {
+    const content = document.querySelector('.msg.assistant.streaming .content');
+    for (const m of mutations) for (const n of m.removedNodes) if (n === window.__stable) window.__stableReplaced = true;
+    if (content) window.__blocksSeen = Math.max(window.__blocksSeen, content.children.length);
+    if (content && !window.__stable && content.children.length >= 3) window.__stable = content.children[0];
+  }).observe(document.getElementById('messages'), {childList: true, subtree: true});
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -33,107 +80,201 @@ def server(smollm2_gguf, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
+    pw, chromium = launch_browser()
+    yield chromium
+    chromium.close()
+    pw.stop()
 
 
 @pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1200, "height": 800}, locale="zh-CN")
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server.url + "/")
-    page.wait_for_function("document.querySelector('#model').options.length > 0")
-    yield page
-    context.close()
-    assert not errors, errors
+def pages(browser, server):
+    """Factory of watched pages on the module's server; each is checked (no errors) when the test ends."""
+    opened = []
+
+    def make(**kwargs):
+        watch = open_page(browser, server.url, **kwargs)
+        opened.append(watch)
+        return watch
+
+    yield make
+    for watch in opened:
+        watch.page.context.close()
+    for watch in opened:
+        watch.check()
 
 
-def test_page_is_served_from_the_server_only(server):
+def test_page_and_its_libraries_come_from_the_server(server):
     html = httpx.get(server.url + "/").text
-    for asset in ("/static/app.js", "/static/style.css"):
-        assert asset in html
-        assert httpx.get(server.url + asset).status_code == 200
-    assert "http://" not in html and "https://" not in html  # no CDN
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert any("katex" in a for a in assets) and any("markdown-it" in a for a in assets)
+    for asset in assets:
+        assert asset.startswith("/static/"), asset  # no CDN
+        response = httpx.get(server.url + asset)
+        assert response.status_code == 200, asset
+        etag = response.headers["etag"]
+        assert httpx.get(server.url + asset, headers={"If-None-Match": etag}).status_code == 304
+    assert httpx.get(server.url + "/static/js/main.js").headers["content-type"].startswith("text/javascript")
+    font = httpx.get(server.url + "/static/vendor/katex/fonts/KaTeX_Main-Regular.woff2")
+    assert font.status_code == 200 and font.headers["content-type"] == "font/woff2"
     assert httpx.get(server.url + "/static/../../etc/passwd").status_code == 404
+    assert httpx.get(server.url + "/static/vendor/katex/LICENSE").status_code == 404  # only page files
 
 
-def test_chinese_chat_streams_and_stops(page, server, tmp_path):
-    assert page.locator("#model").input_value() == "smol"
-    assert page.locator("#template option").count() > 2
-    page.fill("#max_tokens", "400")
-    page.fill("#input", "你好，请介绍一下北京。")
-    # The grammar extension is not in the page's controls: add it to the request the page sends.
-    page.route("**/v1/chat/completions", lambda route: route.continue_(
-        post_data=route.request.post_data.replace('"stream":true', f'"stream":true,"grammar":"{ENDLESS_CHINESE}"')))
-    page.click("#send")
-    bubble = page.locator(".msg.assistant").last
-    page.wait_for_function("document.querySelector('.msg.assistant:last-child').innerText.length >= 4",
+def test_rich_answer_streams_renders_reloads_and_moves_to_a_phone(pages, tmp_path):
+    desk = pages()
+    page = desk.page
+    assert page.locator("#model-list .state").first.inner_text() == "就绪"
+    assert page.locator("#lora-section").is_hidden()  # this model has no LoRA adapters
+    set_field(page, "#grammar", literal_grammar(RICH_ANSWER))
+    set_field(page, "#max_tokens", "600")
+    page.evaluate(WATCH_BLOCKS)
+    send(page, QUESTION)
+    wait_idle(page)
+
+    answer = page.locator(".msg.assistant").last
+    assert answer.locator("table tr").count() == 3
+    assert answer.locator("th").first.inner_text() == "模型"
+    assert "笔记本也能跑" in answer.locator("blockquote").inner_text()
+    assert answer.locator(".katex").count() == 2 and answer.locator(".katex-display").count() == 1
+    assert answer.locator("ol > li").count() == 2 and answer.locator("ol ul > li").inner_text() == "推荐 Q4_K_M"
+    code = answer.locator(".code-block code.language-python")
+    assert code.locator(".hljs-keyword").first.inner_text() == "def"
+    assert "每秒 token 数" in code.locator(".hljs-comment").inner_text()
+    # Only the growing block was re-rendered while streaming: the first one stayed the same element.
+    assert page.evaluate("window.__blocksSeen") >= 3
+    assert page.evaluate("window.__stable !== null && window.__stable.isConnected && !window.__stableReplaced")
+    stats = answer.locator(".stats").inner_text()
+    assert re.search(r"\d+ 个 token · [\d.]+ token/秒 · 提示 \d+", stats), stats
+    request = desk.bodies[-1]
+    assert request["stream"] and request["stream_options"] == {"include_usage": True}
+    assert request["messages"] == [{"role": "user", "content": QUESTION}] and request["max_tokens"] == 600
+    page.locator("#grammar").evaluate("el => { el.closest('details').open = false; }")
+    page.evaluate("document.querySelector('#messages').scrollTop = 0")
+    save_screenshot(page, tmp_path, "desktop.png")
+    answer.locator(".copy-code").click()
+    assert page.evaluate("navigator.clipboard.readText()") == RICH_ANSWER.split("```python\n")[1].split("```")[0]
+
+    # A reload keeps the chat, its title and rendering, and the settings.
+    page.reload()
+    page.wait_for_selector(".msg.assistant .katex")
+    assert page.locator(".msg.user .content").inner_text() == QUESTION
+    assert page.locator("#chat-list .title").first.inner_text() == QUESTION[:40]
+    assert page.locator("#max_tokens").input_value() == "600"
+    assert page.locator("#grammar").input_value() == literal_grammar(RICH_ANSWER)
+    with page.expect_download() as download:
+        page.click("#export-chats")
+    exported = tmp_path / "chats.json"
+    download.value.save_as(exported)
+    data = json.loads(exported.read_text(encoding="utf-8"))
+    assert data["format"] == "lcpp-zh-chats" and data["chats"][0]["messages"][1]["content"] == RICH_ANSWER
+
+    # The same chat imported on a phone: full-width conversation, settings in a drawer, input in reach.
+    phone = pages(viewport=PHONE).page
+    assert phone.locator("#settings").is_hidden() and phone.locator("#chats").is_hidden()
+    phone.click("#open-chats")
+    phone.set_input_files("#import-file", str(exported))
+    phone.wait_for_selector(".msg.assistant .katex")
+    phone.wait_for_selector("#chats", state="hidden")  # the drawer closed on import
+    _assert_fits(phone)
+    wrap = phone.locator(".msg.assistant .table-wrap")
+    assert wrap.evaluate("el => el.getBoundingClientRect().right") <= PHONE["width"]
+    phone.evaluate("document.querySelector('#messages').scrollTop = 0")
+    phone.wait_for_selector("#toast", state="hidden")  # "imported 1 chat"
+    save_screenshot(phone, tmp_path, "phone.png")
+    open_settings(phone)
+    assert phone.locator("#settings").is_visible()
+    assert phone.locator("#settings").bounding_box()["width"] <= PHONE["width"]
+    save_screenshot(phone, tmp_path, "phone-settings.png")
+    phone.locator("#settings [data-close-drawer]").click()
+    phone.wait_for_selector("#settings", state="hidden")
+
+
+def _assert_fits(page) -> None:
+    """No sideways scrolling; the message box is wide and inside the screen; the conversation is full width."""
+    width, height = page.viewport_size["width"], page.viewport_size["height"]
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    box = page.locator("#input").bounding_box()
+    assert box["width"] >= 0.6 * width and box["y"] + box["height"] <= height
+    assert page.locator("#messages").bounding_box()["width"] >= width - 1
+
+
+def test_phone_sends_streams_and_stops(pages):
+    for viewport in (SMALL_PHONE, PHONE):
+        page = pages(viewport=viewport).page
+        _assert_fits(page)
+        set_field(page, "#grammar", ENDLESS_CHINESE)
+        set_field(page, "#max_tokens", "400")
+        send(page, "你好，请介绍一下北京。")
+        page.wait_for_function("(document.querySelector('.msg.assistant .content') || {}).innerText?.length >= 4",
+                               timeout=120_000)
+        _assert_fits(page)
+        page.click("#stop")
+        wait_idle(page)
+        text = page.locator(".msg.assistant .content").inner_text()
+        assert text and "\ufffd" not in text and all("\u4e00" <= ch <= "\u9fa5" for ch in text), text
+        assert "已停止" in page.locator("#status").inner_text()
+        assert "已停止" in page.locator(".msg.assistant .stats").inner_text()
+
+
+def test_stop_regenerate_edit_and_delete(pages):
+    page = pages().page
+    set_field(page, "#grammar", ENDLESS_CHINESE)
+    set_field(page, "#max_tokens", "400")
+    send(page, "写一首关于长江的诗。")
+    page.wait_for_function("document.querySelector('.msg.assistant .content').innerText.length >= 3",
                            timeout=120_000)
-    assert page.locator("#stop").is_enabled()
-    page.screenshot(path=str(tmp_path / "streaming.png"))
     page.click("#stop")
-    page.wait_for_function("document.querySelector('#stop').disabled && !document.querySelector('#send').disabled")
-    text = bubble.inner_text()
-    assert "\ufffd" not in text
-    assert all("\u4e00" <= ch <= "\u9fa5" for ch in text), text
-    assert "已停止" in page.locator("#status").inner_text()
-    page.screenshot(path=str(tmp_path / "stopped.png"))
-    shots = os.environ.get("LCPP_ZH_SCREENSHOTS")
-    if shots:
-        shutil.copy(tmp_path / "streaming.png", Path(shots) / "web-streaming.png")
-        shutil.copy(tmp_path / "stopped.png", Path(shots) / "web-stopped.png")
-    # The conversation is kept in the browser: a reload shows it again.
+    wait_idle(page)
+    stopped = page.locator(".msg.assistant .content").inner_text()
+    assert stopped
+
+    # Regenerate keeps the stopped answer as version 1 of 2.
+    set_field(page, "#grammar", 'root ::= "长江东流" [一二三]')
+    answer = page.locator(".msg.assistant").last
+    answer.hover()
+    answer.locator(".act-regenerate").click()
+    wait_idle(page)
+    assert re.fullmatch("长江东流[一二三]", answer.locator(".content").inner_text())
+    assert answer.locator(".versions").inner_text() == "2/2"
+    answer.locator(".act-previous").click()
+    assert page.locator(".msg.assistant .content").inner_text() == stopped
+    assert page.locator(".msg.assistant .versions").inner_text() == "1/2"
+
+    # Editing the question resends it: the old answer goes, a new one comes.
+    question = page.locator(".msg.user").first
+    question.hover()
+    question.locator(".act-edit").click()
+    page.fill(".msg.user .edit-box", "写一首关于黄河的诗。")
+    page.click(".msg.user button.primary")
+    wait_idle(page)
+    assert page.locator(".msg").count() == 2
+    assert page.locator(".msg.user .content").inner_text() == "写一首关于黄河的诗。"
+    assert page.locator(".msg.assistant .versions").count() == 0
+    assert page.locator("#chat-list .title").first.inner_text() == "写一首关于黄河的诗。"
+
+    answer = page.locator(".msg.assistant").last
+    answer.hover()
+    answer.locator(".act-delete").click()
+    assert page.locator(".msg").count() == 1
     page.reload()
     page.wait_for_selector(".msg.user")
-    assert page.locator(".msg.user").first.inner_text() == "你好，请介绍一下北京。"
-    assert page.locator(".msg.assistant").first.inner_text() == text
-
-
-def test_markdown_is_rendered_and_html_is_not_injected(page):
-    page.evaluate("""() => {
-        const div = document.createElement('div');
-        div.id = 'probe';
-        div.innerHTML = renderMarkdown('# 标题\\n**粗体** and `code`\\n- 一\\n- 二\\n<img src=x onerror=alert(1)>\\n```\\nx < y\\n```');
-        document.body.appendChild(div);
-    }""")
-    probe = page.locator("#probe")
-    assert probe.locator("strong").inner_text() == "粗体"
-    assert probe.locator("code").first.inner_text() == "code"
-    assert probe.locator("li").count() == 2
-    assert probe.locator("img").count() == 0
-    assert probe.locator("pre code").inner_text().strip() == "x < y"
-
-
-def test_notebook_mode_completes_raw_text(page):
-    page.click("#mode-notebook")
-    assert page.locator("#notebook-view").is_visible()
-    page.fill("#max_tokens", "8")
-    page.fill("#notebook-text", "The capital of France is")
-    page.click("#generate")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('完成')", timeout=120_000)
-    value = page.locator("#notebook-text").input_value()
-    assert value.startswith("The capital of France is") and len(value) > len("The capital of France is")
+    assert page.locator(".msg").count() == 1
 
 
 def test_page_asks_for_the_api_key(browser, smollm2_gguf, tmp_path):
     srv = start_server([f"smol={smollm2_gguf}", "--parallel", "1", "--ctx", "1024", "--threads", "2"], tmp_path,
                        api_key="page-key")
     try:
-        page = browser.new_page()
-        page.goto(srv.url + "/")
+        # The page and its libraries load without the key; the API answers 401 until it is given.
+        watch = open_page(browser, srv.url, wait_models=False, allowed_console=("status of 401",))
+        page = watch.page
         page.wait_for_function("document.querySelector('#status').innerText.includes('401')")
-        assert page.locator("#model option").count() == 0
-        page.fill("#api_key", "page-key")
-        page.locator("#api_key").dispatch_event("change")
-        page.wait_for_function("document.querySelector('#model').options.length > 0")
-        assert page.evaluate("localStorage.getItem('lcpp-zh-chat')").find("page-key") == -1
-        page.close()
+        assert page.locator("#model-list input").count() == 0
+        set_field(page, "#api_key", "page-key")
+        page.wait_for_selector("#model-list input[type=radio]", state="attached")
+        stored = page.evaluate("JSON.stringify(Object.assign({}, localStorage))")
+        assert "page-key" not in stored
+        page.context.close()
+        watch.check()
     finally:
         srv.stop()

@@ -1,6 +1,6 @@
 """Runtime commands: chat, generate, models (list / rm), templates.
 
-Thin: options are parsed here, then lcpp_zh.loader opens the engine and lcpp_zh.chat / lcpp_zh.generate
+Thin: options are parsed here, then lcpp_zh.runtime.loader opens the engine and lcpp_zh.chat.repl / lcpp_zh.chat.generate
 do the work. The model-loading and sampling options are shared decorators so every command spells them
 the same way (serve may reuse `model_options` and `sampling_options`).
 """
@@ -82,8 +82,8 @@ _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "r
 
 
 def _split_kwargs(kwargs: dict):
-    from lcpp_zh.loader import RuntimeOptions
-    from lcpp_zh.sampling import SamplingParams
+    from lcpp_zh.runtime.loader import RuntimeOptions
+    from lcpp_zh.runtime.sampling import SamplingParams
 
     params = SamplingParams(**{k: kwargs.pop(k) for k in _SAMPLING_KEYS})
     template_file = kwargs.pop("template_file")
@@ -108,7 +108,7 @@ def _template(opts, template_file):
 def _open(opts, quiet: bool = False):
     """Load the engine; the offload plan goes to stderr in one line unless quiet (--json). A progress bar
     appears only when MODEL has to be converted first."""
-    from lcpp_zh.loader import open_engine
+    from lcpp_zh.runtime.loader import open_engine
 
     report = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     conversion_template = opts.template if opts.template != "auto" else None
@@ -143,8 +143,8 @@ def chat(system: str | None, **kwargs) -> None:
       lcpp-zh chat FlagAlpha/Atom-7B-Chat --infer_dtype int4 --gpu-layers auto
       echo "用一句话介绍北京" | lcpp-zh chat atom.gguf
     """
-    from lcpp_zh.chat import Terminal, repl
-    from lcpp_zh.chat_session import ChatSession
+    from lcpp_zh.chat.repl import Terminal, repl
+    from lcpp_zh.chat.session import ChatSession
     from lcpp_zh.resolve import cache_dir
 
     opts, params, template_file = _split_kwargs(kwargs)
@@ -174,7 +174,7 @@ def generate(system: str | None, raw: bool, stop: tuple[str, ...], as_json: bool
       lcpp-zh generate atom.Q4_K_M.gguf "介绍一下北京"
       lcpp-zh generate model.gguf "Once upon a time" --raw --max-new-tokens 64 --json
     """
-    from lcpp_zh.generate import generate as run_generate
+    from lcpp_zh.chat.generate import generate as run_generate
 
     prompt = kwargs.pop("prompt")
     opts, params, template_file = _split_kwargs(kwargs)

@@ -110,7 +110,7 @@ def verify(hf_dir: Path, gguf_path: Path, no_logits: bool) -> None:
     logits parity (NMSE, top-1 agreement) when the `verify` extra (transformers + torch) is installed.
     """
     from lcpp_zh.convert.inspect_gguf import summarize_gguf
-    from lcpp_zh.verify import check_logits, check_tokenizer
+    from lcpp_zh.verify.parity import check_logits, check_tokenizer
 
     tokens = check_tokenizer(hf_dir, gguf_path)
     click.echo(f"{'check':<20} {'result':<46} {'status'}")

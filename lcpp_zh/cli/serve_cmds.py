@@ -1,7 +1,7 @@
 """`lcpp-zh serve`: the HTTP server (OpenAI-compatible API, the seed's /generate, the web chat page).
 
 This module only turns flags into engines; the server lives in lcpp_zh.server and the engine in
-lcpp_zh.engine. Model options (--quant, --infer_dtype, --template, --ctx, --threads, --gpu-layers, --gpus, ...)
+lcpp_zh.runtime.engine. Model options (--quant, --infer_dtype, --template, --ctx, --threads, --gpu-layers, --gpus, ...)
 are the shared ones of `chat`; the seed's --model_path and --model_source work too.
 """
 
@@ -72,16 +72,19 @@ def _default_alias(name: str) -> str:
     return base[:-5] if base.lower().endswith(".gguf") else base
 
 
-def load_model(spec: ModelSpec, settings: ServeSettings) -> Any:
-    """Resolve one model (converting a checkpoint on first use), plan the GPU offload and start its engine.
+def load_model(spec: ModelSpec, settings: ServeSettings, on_restart: Any = None) -> Any:
+    """Resolve one model (converting a checkpoint on first use), plan the GPU offload and start its runner.
 
-    The same steps as lcpp_zh.loader.open_engine, plus the server's own engine settings (slots, queue,
-    embeddings).
+    The engine runs in a runner process (lcpp_zh.runtime.runner) that the server supervises; the plan's
+    out-of-memory fallback happens there, as lcpp_zh.runtime.loader does it in-process for chat.
     """
-    from lcpp_zh.engine import Engine
-    from lcpp_zh.llama_api import check_gguf_file
-    from lcpp_zh.loader import parse_gpu_layers
-    from lcpp_zh.offload import load_with_fallback, parse_gpu_list, plan_for
+    from dataclasses import asdict
+
+    from lcpp_zh.runtime.llama_api import check_gguf_file
+    from lcpp_zh.runtime.loader import parse_gpu_layers
+    from lcpp_zh.runtime.offload import parse_gpu_list, plan_for
+    from lcpp_zh.runtime.runner_client import RunnerClient
+    from lcpp_zh.runtime.runner_protocol import RunnerConfig
     from lcpp_zh.resolve import resolve_model
     from lcpp_zh.server.registry import ServedModel
 
@@ -91,14 +94,11 @@ def load_model(spec: ModelSpec, settings: ServeSettings) -> Any:
     plan = plan_for(path, settings.n_ctx, parse_gpu_layers(settings.gpu_layers), parse_gpu_list(settings.gpus),
                     settings.main_gpu)
     logger.warning("%s: %s", spec.alias, plan.describe())
-
-    def load(p: Any) -> Any:
-        return Engine(path, n_ctx=settings.n_ctx, n_parallel=settings.n_parallel, n_threads=settings.n_threads,
-                      n_batch=settings.n_batch, gpu_layers=p.n_gpu_layers, main_gpu=p.main_gpu,
-                      tensor_split=p.tensor_split, loras=settings.loras, embeddings=settings.embeddings,
-                      max_queue=settings.max_queue)
-
-    engine, _plan = load_with_fallback(load, plan, logger.warning)
+    config = RunnerConfig(model_path=str(path), n_ctx=settings.n_ctx, n_parallel=settings.n_parallel,
+                          n_threads=settings.n_threads, n_batch=settings.n_batch, max_queue=settings.max_queue,
+                          embeddings=settings.embeddings, loras=[(str(p), float(s)) for p, s in settings.loras],
+                          plan=asdict(plan), log_level=logging.getLogger().getEffectiveLevel())
+    engine = RunnerClient(config, alias=spec.alias, on_restart=on_restart)
     return ServedModel(alias=spec.alias, engine=engine, path=Path(path), template=settings.template)
 
 
@@ -133,9 +133,11 @@ def _chosen_template(template: str | None, template_file: Path | None, model_sou
 @click.option("--stream-interval", "stream_interval_ms", default=50, type=click.IntRange(0, 1000),
               help="Least milliseconds between two streamed chunks; tokens made meanwhile share one chunk. "
                    "The first token and the end are never held back; 0 sends every token as it comes.")
+@click.option("--shutdown-timeout", "shutdown_timeout_s", default=10.0, type=click.FloatRange(0, 3600),
+              help="On SIGTERM or Ctrl-C: seconds the requests in flight may take to finish before they are cut.")
 def serve(models: tuple[str, ...], model_paths: tuple[str, ...], model_source: str | None, host: str, port: int,
           parallel: int, max_queue: int, n_batch: int, embeddings: bool, api_key: str | None, max_body_bytes: int,
-          stream_interval_ms: int, **model_opts: Any) -> None:
+          stream_interval_ms: int, shutdown_timeout_s: float, **model_opts: Any) -> None:
     """Serve MODELs over HTTP: the OpenAI API, the seed's POST /generate and a chat page at /.
 
     Each MODEL (a .gguf, a Hugging Face folder or a repo id, optionally ALIAS=MODEL) is served under its alias;
@@ -153,6 +155,10 @@ def serve(models: tuple[str, ...], model_paths: tuple[str, ...], model_source: s
     n_ctx = model_opts["n_ctx"]
     if n_ctx < 16 * parallel:
         raise LcppError(f"--ctx {n_ctx} is too small for {parallel} slots: give at least {16 * parallel}")
+    if n_batch < parallel:
+        # Each generating slot adds a token to every batch; a smaller batch aborts inside llama.cpp.
+        logger.warning("--batch %d raised to --parallel %d: every slot needs room in each batch", n_batch, parallel)
+        n_batch = parallel
     template = _chosen_template(model_opts["template"], model_opts["template_file"], model_source)
     settings = ServeSettings(n_ctx=n_ctx, n_parallel=parallel, n_threads=model_opts["threads"], n_batch=n_batch,
                              max_queue=max_queue, gpu_layers=model_opts["gpu_layers"], gpus=model_opts["gpus"],
@@ -173,7 +179,7 @@ def serve(models: tuple[str, ...], model_paths: tuple[str, ...], model_source: s
         return loaded
 
     run_server(loader, host=host, port=port, api_key=api_key, max_body_bytes=max_body_bytes,
-               stream_interval_s=stream_interval_ms / 1000)
+               stream_interval_s=stream_interval_ms / 1000, shutdown_timeout_s=shutdown_timeout_s)
 
 
 COMMANDS: list[click.Command] = [serve]

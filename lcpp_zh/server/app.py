@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
 
+from lcpp_zh import __version__
 from lcpp_zh.errors import LcppError
 from lcpp_zh.server.auth import FrontDoor
 from lcpp_zh.server.httperrors import install_error_handlers
@@ -31,6 +34,8 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # Streams send at most one chunk per 50 ms (20 a second, which reads as smooth): several tokens then share
 # a chunk, which spares the event loop and the client a wake-up per token on a busy machine.
 DEFAULT_STREAM_INTERVAL_S = 0.05
+# How long SIGTERM or Ctrl-C lets the requests in flight finish before they are cut.
+DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -52,8 +57,10 @@ def create_app(loader: Callable[[], list[ServedModel]], *, api_key: str | None =
     """
     from lcpp_zh.server import lora_api, misc_api, openai_api, seed_api
 
-    registry = ModelRegistry(loader, on_failure=on_load_failure)
-    state = ServerState(registry=registry, stream_interval_s=stream_interval_s)
+    metrics = Metrics()
+    registry = ModelRegistry(loader, on_failure=on_load_failure, on_restart=metrics.observe_restart)
+    state = ServerState(registry=registry, metrics=metrics, stream_interval_s=stream_interval_s)
+    state.metrics.bind_models(lambda: registry.all() if registry.state == "ready" else [])
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -64,13 +71,16 @@ def create_app(loader: Callable[[], list[ServedModel]], *, api_key: str | None =
             registry.wait_loaded(timeout=0)
             registry.close()
 
-    app = FastAPI(title="lcpp-zh", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The OpenAPI schema is served behind the API key like every API route (the fuzz test reads it).
+    app = FastAPI(title="lcpp-zh", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
     app.state.lcpp = state
     install_error_handlers(app)
     for module in (openai_api, seed_api, misc_api, lora_api):
         app.include_router(module.router)
     front = FrontDoor(app, api_key=api_key, max_body_bytes=max_body_bytes, metrics=state.metrics)
     front.state = state  # for tests and callers that hold the wrapper
+    front.registry = registry
     return front
 
 
@@ -89,10 +99,46 @@ def _check_port(host: str, port: int) -> None:
             raise LcppError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
+def _graceful_server(config: Any, grace_s: float, on_grace_over: Callable[[], None]) -> Any:
+    """uvicorn's Server, plus a timer started by the first SIGTERM or Ctrl-C that ends the requests still
+    running once the grace period is over (uvicorn itself would cut their connections)."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        timer: threading.Timer | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            if self.timer is None:
+                logger.warning("shutting down: no new requests; %g s for those in flight", grace_s)
+                self.timer = threading.Timer(grace_s, on_grace_over)
+                self.timer.daemon = True
+                self.timer.start()
+
+    return GracefulServer(config)
+
+
+@contextlib.contextmanager
+def _quiet_exit_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT end the server through uvicorn's graceful shutdown, then the process exits 0.
+
+    uvicorn re-raises the signal it caught once it has shut down (so that a default handler kills the
+    process); with these handlers in place that re-raise does nothing and run_server returns normally.
+    """
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_server(loader: Callable[[], list[ServedModel]], *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S) -> None:
-    """Serve until interrupted; raises the loading error if the models could not be loaded."""
+               stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
+               shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> None:
+    """Serve until SIGTERM or Ctrl-C, then stop accepting, let the requests in flight finish (at most
+    `shutdown_timeout_s`), end the runners and return; raises the loading error if loading failed."""
     import uvicorn
 
     failure: list[BaseException] = []
@@ -108,13 +154,22 @@ def run_server(loader: Callable[[], list[ServedModel]], *, host: str = DEFAULT_H
         logger.warning("listening on %s without --api-key: anyone who can reach this machine can use the models", host)
     app = create_app(loader, api_key=api_key, max_body_bytes=max_body_bytes, stream_interval_s=stream_interval_s,
                      on_load_failure=on_failure)
+    # uvicorn's own limit comes a little later than ours: at ours the streams still open are ended with an
+    # error event and [DONE], so that no client sees a connection cut in the middle of a chunk.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=3, lifespan="on")
-    server = uvicorn.Server(config)
+                            timeout_graceful_shutdown=shutdown_timeout_s + 5, lifespan="on")
+    registry = app.registry
+
+    def grace_over() -> None:
+        logger.warning("shutdown: %g s are up; ending the requests still running", shutdown_timeout_s)
+        registry.interrupt_all("the server is shutting down")
+
+    server = _graceful_server(config, shutdown_timeout_s, grace_over)
     server_box.append(server)
     logger.warning("lcpp-zh serving on http://%s:%d (loading models)", host, port)
     try:
-        server.run()
+        with _quiet_exit_signals():
+            server.run()
     except SystemExit as exc:  # uvicorn exits when it cannot bind; a library raises instead
         raise LcppError(f"cannot listen on {host}:{port}: address in use or not allowed") from exc
     if failure:

@@ -15,6 +15,7 @@ from typing import Any
 
 from lcpp_zh.server.httperrors import error_body
 from lcpp_zh.server.metrics import Metrics
+from lcpp_zh.server.page_files import is_page_path
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ OPEN_PATHS = frozenset({"/health"})
 PAGE_PATHS = frozenset({"/", "/index.html", "/static/app.js", "/static/style.css", "/favicon.ico"})
 # Routes counted by name in /metrics; anything else is "other" so scanners cannot grow the label set.
 KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings", "/generate",
-                          "/health", "/metrics", "/tokenize", "/detokenize", "/v1/templates", "/v1/lora"}) | PAGE_PATHS
+                          "/health", "/metrics", "/tokenize", "/detokenize", "/v1/templates", "/v1/lora",
+                          "/openapi.json"}) | PAGE_PATHS
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -80,7 +82,8 @@ class FrontDoor:
             self.metrics.observe_http(route, status_seen)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        if self.api_key and path not in OPEN_PATHS and path not in PAGE_PATHS and scope.get("method") != "OPTIONS":
+        if (self.api_key and path not in OPEN_PATHS and not is_page_path(path)
+                and scope.get("method") != "OPTIONS"):
             given = _bearer(scope)
             if given is None or not hmac.compare_digest(given.encode(), self.api_key.encode()):
                 await _send_json(send, 401, error_body(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",

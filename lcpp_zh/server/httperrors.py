@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lcpp_zh.errors import EngineError, LcppError
-from lcpp_zh.scheduler import QueueFull
+from lcpp_zh.errors import EngineError, EngineUnavailable, LcppError
+from lcpp_zh.runtime.scheduler import QueueFull
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ def engine_error(exc: EngineError, retry_after_s: int = 1) -> ApiError:
     """Map an engine refusal to HTTP: a full queue is 503 with Retry-After, anything else the client's fault."""
     if isinstance(exc, QueueFull):
         return ApiError(503, str(exc), code="queue_full", headers={"Retry-After": str(retry_after_s)})
+    if isinstance(exc, EngineUnavailable):
+        return ApiError(503, str(exc), code="model_unavailable", headers={"Retry-After": str(max(retry_after_s, 2))})
     return ApiError(400, str(exc), code="invalid_request")
 
 
@@ -86,8 +88,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
-        status = 400 if message == "request body is not valid JSON" else 422
-        return error_response(status, message, param=param)
+        # 400 like OpenAI for every invalid body (FastAPI's default is 422), so clients map it alike.
+        return error_response(400, message, param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,7 +1,7 @@
 """Runtime LoRA routes, as llama-server's /lora-adapters: GET /v1/lora lists a model's adapters and
 POST /v1/lora sets their scales without reloading (adapters left out of the list go to 0, as upstream).
 
-Only request handling lives here: lcpp_zh.lora_runtime checks the entries and the engine applies them between
+Only request handling lives here: lcpp_zh.runtime.lora checks the entries and the engine applies them between
 decoding steps. `model` (query, or body in the object form) picks a served model; default: the first one.
 """
 
@@ -31,7 +31,7 @@ def read_entries(body: Any, model: str | None) -> tuple[list[Any], str | None]:
     if (isinstance(body, dict) and isinstance(body.get("lora"), list) and set(body) <= {"model", "lora"}
             and isinstance(body.get("model"), (str, type(None)))):
         return body["lora"], body.get("model") or model
-    raise ApiError(422, SHAPE, param="lora")
+    raise ApiError(400, SHAPE, param="lora")
 
 
 @router.get("/v1/lora")

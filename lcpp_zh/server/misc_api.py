@@ -1,50 +1,39 @@
 """Service routes: /health, /metrics, /tokenize, /detokenize, /v1/templates and the web chat page.
 
-The page is three fixed files shipped in lcpp_zh/server/static/, served from a table built at start-up:
-no request path is ever turned into a path on disk.
+The page is the files shipped in lcpp_zh/server/static/ (its own scripts and the vendored libraries), served
+from a table built at start-up (lcpp_zh.server.page_files): no request path is ever turned into a path on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 
 from lcpp_zh.server.httperrors import ApiError
+from lcpp_zh.server.metrics import CONTENT_TYPE
+from lcpp_zh.server.page_files import load_page_files, page_response
 from lcpp_zh.server.prompting import template_names
 from lcpp_zh.server.schemas import DetokenizeRequest, TokenizeRequest
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-_PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
-               "/index.html": ("index.html", "text/html; charset=utf-8"),
-               "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-               "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+PAGE_FILES = load_page_files()
 
 
-def _load_page() -> dict[str, tuple[bytes, str]]:
-    folder = resources.files("lcpp_zh.server") / "static"
-    return {route: ((folder / name).read_bytes(), media) for route, (name, media) in _PAGE_FILES.items()}
-
-
-_PAGE = _load_page()
-
-
-def _page_route(route: str) -> Any:
-    async def serve_page() -> Response:
-        body, media = _PAGE[route]
-        return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
-
-    return serve_page
-
-
-for _route in _PAGE_FILES:
-    router.add_api_route(_route, _page_route(_route), methods=["GET"], include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+@router.api_route("/index.html", methods=["GET", "HEAD"], include_in_schema=False)
+@router.api_route("/static/{name:path}", methods=["GET", "HEAD"], include_in_schema=False)
+async def page_file(request: Request) -> Response:
+    """The page and its scripts, styles and fonts, looked up by URL path in the table read at start-up."""
+    file = PAGE_FILES.get(request.url.path)
+    if file is None:
+        raise ApiError(404, f"no such file: {request.url.path}")
+    return page_response(file, request.headers.get("if-none-match"))
 
 
 @router.get("/favicon.ico", include_in_schema=False)
@@ -54,20 +43,25 @@ async def favicon() -> Response:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
+    """200 when every model's runner is up; 503 while loading or restarting, or when one has failed."""
     registry = request.app.state.lcpp.registry
-    if registry.state == "ready":
-        return JSONResponse({"status": "ok", "models": registry.aliases})
     if registry.state == "failed":
         return JSONResponse({"status": "error", "error": registry.error}, status_code=503)
-    return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+    if registry.state != "ready":
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+    models = {m.alias: m.runner_state() for m in registry.all()}
+    states = {entry["state"] for entry in models.values()}
+    if states == {"ready"}:
+        return JSONResponse({"status": "ok", "models": models})
+    status = "error" if "failed" in states else "restarting"
+    headers = {} if status == "error" else {"Retry-After": "2"}
+    return JSONResponse({"status": status, "models": models}, status_code=503, headers=headers)
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> PlainTextResponse:
-    state = request.app.state.lcpp
-    models = state.registry.all() if state.registry.state == "ready" else []
-    text = state.metrics.render(models)
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics(request: Request) -> Response:
+    body = await asyncio.to_thread(request.app.state.lcpp.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 @router.post("/tokenize")

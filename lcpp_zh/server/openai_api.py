@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import struct
 import time
@@ -54,7 +55,11 @@ def _chat_messages(body: ChatRequest) -> list[dict[str, str]]:
 
 async def _prepare(request: Request, body: SamplingFields, tokens: list[int], stops: list[str],
                    model: ServedModel) -> Any:
-    params = build_sampling(body, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot, extra_stops=stops)
+    build = functools.partial(build_sampling, body, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot,
+                              extra_stops=stops, engine=model.engine)
+    # Compiling a grammar (to check it) can take a while: not on the event loop.
+    with_grammar = body.grammar or (body.response_format is not None and body.response_format.type != "text")
+    params = await asyncio.to_thread(build) if with_grammar else build()
     return submit(request, model, tokens, params)
 
 
@@ -122,7 +127,8 @@ async def list_models(request: Request) -> dict[str, Any]:
     registry = request.app.state.lcpp.registry
     registry.get(None)  # 503 while loading
     data = [{"id": m.alias, "object": "model", "created": m.created, "owned_by": "lcpp-zh",
-             "template": m.template_name, "n_ctx_slot": m.engine.n_ctx_slot} for m in registry.all()]
+             "template": m.template_name, "n_ctx_slot": m.engine.n_ctx_slot, **m.runner_state()}
+            for m in registry.all()]
     return {"object": "list", "data": data}
 
 

@@ -2,15 +2,16 @@
 
 A prompt that does not fit a slot's context is a 400 saying so; max_tokens is capped by what is left of the
 context. response_format json_object / json_schema becomes a GBNF grammar (llama-cpp-python's pure-Python
-schema converter, remote $refs disabled), so the model can only produce JSON of that shape.
+schema converter, remote $refs disabled, limits checked first), so the model can only produce JSON of that
+shape; a grammar or schema beyond the limits or that does not parse is a 400.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
+from lcpp_zh.errors import EngineError
 from lcpp_zh.server.httperrors import ApiError
 from lcpp_zh.server.schemas import SamplingFields
 
@@ -31,29 +32,47 @@ def check_prompt_fits(n_prompt: int, n_ctx_slot: int) -> None:
                        param="messages", code="context_length_exceeded")
 
 
-def grammar_for(fields: SamplingFields) -> str | None:
-    """The GBNF grammar the request asks for: an explicit `grammar`, or one built from response_format."""
-    if fields.grammar:
-        return fields.grammar
-    fmt = fields.response_format
-    if fmt is None or fmt.type == "text":
-        return None
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+def grammar_for(fields: SamplingFields, engine: Any = None) -> str | None:
+    """The GBNF grammar the request asks for: an explicit `grammar`, or one built from response_format.
 
-    if fmt.type == "json_object":
-        return JSON_GBNF
-    if fmt.json_schema is None or not fmt.json_schema.schema_:
-        raise ApiError(400, "response_format json_schema needs json_schema.schema", param="response_format")
+    Checked here so that a bad one is a 400 naming the problem before any engine work: limits on the schema
+    and the grammar (lcpp_zh.runtime.grammar), then, with `engine` (an Engine or another front with
+    `check_grammar`), a trial compile for its vocabulary.
+    """
+    from lcpp_zh.runtime.grammar import check_grammar_text, schema_to_grammar
+
+    grammar, param = fields.grammar, "grammar"
+    if not grammar:
+        fmt = fields.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        param = "response_format"
+        if fmt.type == "json_object":
+            from llama_cpp.llama_grammar import JSON_GBNF
+
+            grammar = JSON_GBNF
+        elif fmt.json_schema is None or not fmt.json_schema.schema_:
+            raise ApiError(400, "response_format json_schema needs json_schema.schema", param=param)
+        else:
+            try:
+                grammar = schema_to_grammar(fmt.json_schema.schema_)
+            except EngineError as exc:
+                raise ApiError(400, f"response_format: {exc}", param=param) from exc
     try:
-        return json_schema_to_gbnf(json.dumps(fmt.json_schema.schema_))
-    except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; all mean a schema we cannot use
-        raise ApiError(400, f"response_format json_schema cannot be turned into a grammar: {exc}",
-                       param="response_format") from exc
+        if engine is not None:
+            engine.check_grammar(grammar)
+        else:
+            check_grammar_text(grammar)
+    except EngineError as exc:
+        raise ApiError(400, str(exc) if param == "grammar" else f"response_format: {exc}", param=param) from exc
+    return grammar
 
 
-def build_sampling(fields: SamplingFields, *, n_prompt: int, n_ctx_slot: int, extra_stops: list[str] = ()) -> Any:
-    """SamplingParams for this request; fields the client left out keep the engine's defaults."""
-    from lcpp_zh.sampling import SamplingParams
+def build_sampling(fields: SamplingFields, *, n_prompt: int, n_ctx_slot: int, extra_stops: list[str] = (),
+                   engine: Any = None) -> Any:
+    """SamplingParams for this request; fields the client left out keep the engine's defaults. Pass the
+    model's `engine` so that a grammar that does not parse is a 400 too (see grammar_for)."""
+    from lcpp_zh.runtime.sampling import SamplingParams
 
     check_prompt_fits(n_prompt, n_ctx_slot)
     kwargs: dict[str, Any] = {name: getattr(fields, name) for name in _PASSTHROUGH if getattr(fields, name) is not None}
@@ -64,7 +83,7 @@ def build_sampling(fields: SamplingFields, *, n_prompt: int, n_ctx_slot: int, ex
     stops = list(dict.fromkeys([*(fields.stop or []), *extra_stops]))
     if stops:
         kwargs["stop"] = stops
-    grammar = grammar_for(fields)
+    grammar = grammar_for(fields, engine)
     if grammar:
         kwargs["grammar"] = grammar
     if fields.logit_bias:

@@ -1,7 +1,9 @@
 """Prompts for the engine: chat messages through lcpp_zh.templates, raw text through the model's tokenizer.
 
 The server never formats a chat itself: the template module owns every chat format (llama2-chinese, llama2,
-chatml, the GGUF's own template, ...), so `chat`, `serve` and `/generate` produce the same prompt.
+chatml, the GGUF's own template, ...), so `chat`, `serve` and `/generate` produce the same prompt. In a chat,
+message contents are always text (`<s>` or `<|im_end|>` typed by a user stays text); a raw prompt
+(/v1/completions, like /tokenize) is the caller's own and its control-token texts are parsed, as llama.cpp does.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def add_bos(model: ServedModel) -> bool:
 
 
 def text_prompt(model: ServedModel, prompt: str | list[int]) -> list[int]:
-    """Tokens of a raw completion prompt (a token list is taken as is, after a range check)."""
+    """Tokens of a raw completion prompt (a token list is taken as is, after a range check); control-token
+    texts in it (`<s>`, `<|im_start|>`) are parsed, so a client can write a template by hand."""
     if isinstance(prompt, list):
         n_vocab = _n_vocab(model.engine)
         if n_vocab and any(t < 0 or t >= n_vocab for t in prompt):

@@ -29,6 +29,17 @@ class ServedModel:
     template: Any = None
     created: int = field(default_factory=lambda: int(time.time()))
 
+    def runner_state(self) -> dict[str, Any]:
+        """For /health and /v1/models: state (ready, restarting, failed), the last error, restarts so far."""
+        engine = self.engine
+        state: dict[str, Any] = {"state": str(getattr(engine, "state", "ready" if getattr(engine, "alive", True)
+                                                      else "failed"))}
+        if getattr(engine, "error", None):
+            state["error"] = str(engine.error)
+        if isinstance(getattr(engine, "restarts", None), int):
+            state["restarts"] = engine.restarts
+        return state
+
     @property
     def template_name(self) -> str | None:
         """The template's name for clients (a --template-file template is an object with a name)."""
@@ -39,9 +50,11 @@ class ModelRegistry:
     """Holds the served models; loading runs once, in a thread, through `loader`."""
 
     def __init__(self, loader: Callable[[], list[ServedModel]],
-                 on_failure: Callable[[BaseException], None] | None = None) -> None:
+                 on_failure: Callable[[BaseException], None] | None = None,
+                 on_restart: Callable[[str], None] | None = None) -> None:
         self._loader = loader
         self._on_failure = on_failure
+        self._on_restart = on_restart
         self._models: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
         self.state = "loading"
@@ -67,6 +80,8 @@ class ModelRegistry:
                     if model.alias in self._models:
                         raise ValueError(f"alias {model.alias!r} is used twice; give each model its own alias")
                     self._models[model.alias] = model
+                    if hasattr(model.engine, "on_restart"):  # a runner process: count its restarts
+                        model.engine.on_restart = self._on_restart
             self.state = "ready"
             logger.info("serving %s", ", ".join(self._models))
         except BaseException as exc:  # noqa: BLE001 - reported through /health and the CLI
@@ -97,6 +112,13 @@ class ModelRegistry:
             raise ApiError(404, f"model {alias!r} is not served here; served: {', '.join(self._models)}",
                            param="model", code="model_not_found")
         return model
+
+    def interrupt_all(self, message: str) -> None:
+        """End every request in flight with an error event (engines that run in-process have none to end)."""
+        for model in list(self._models.values()):
+            interrupt = getattr(model.engine, "interrupt_all", None)
+            if interrupt is not None:
+                interrupt(message)
 
     def close(self) -> None:
         for model in self._models.values():

@@ -1,6 +1,6 @@
 """Request bodies of the HTTP API as pydantic models: OpenAI's chat/completions/embeddings, the seed's /generate.
 
-Validation only: ranges and types are checked here so a bad body is a 422 naming the field. Turning a request
+Validation only: ranges and types are checked here so a bad body is a 400 naming the field. Turning a request
 into engine sampling settings lives in params.py; unknown OpenAI fields are accepted and ignored.
 """
 
@@ -13,10 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 logger = logging.getLogger(__name__)
 
-# Cap on the number of stop strings, as OpenAI does; long stop lists slow every decoding step.
+# Every list and string a client sends is bounded, so no request can make the server do unbounded work
+# (the body size limit alone still lets 4 MB of tiny items through).
+# Stop strings: OpenAI allows 4; llama-server takes any number. Each one is searched at every token.
 MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 256
 # OpenAI's limits for logit_bias: at most 300 tokens, biases in [-100, 100] (-100 bans a token in practice).
 MAX_LOGIT_BIAS_TOKENS = 300
+# OpenAI's limit on embedding inputs per request.
+MAX_EMBEDDING_INPUTS = 2048
+MAX_MESSAGES = 1024
+MAX_TEXT_CHARS = 1_000_000
+MAX_DETOKENIZE_TOKENS = 200_000
+MAX_GRAMMAR_CHARS = 100_000
 
 
 class _Lenient(BaseModel):
@@ -48,12 +57,13 @@ class SamplingFields(_Lenient):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)  # an int32 in llama.cpp
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    seed: int | None = None
+    # Any 64-bit seed, as OpenAI takes; llama.cpp's is 32 bits, so it is reduced modulo 2**32.
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stop: str | list[str] | None = None
     logit_bias: dict[str, float] | None = None
     n: int = Field(default=1, ge=1, le=1)
@@ -61,7 +71,7 @@ class SamplingFields(_Lenient):
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
     # Extension (llama-server and llama-cpp-python accept it too): a raw GBNF grammar.
-    grammar: str | None = Field(default=None, max_length=100_000)
+    grammar: str | None = Field(default=None, max_length=MAX_GRAMMAR_CHARS)
     # Extension for the web page: a chat template other than the model's (name from lcpp_zh.templates).
     template: str | None = None
 
@@ -71,7 +81,14 @@ class SamplingFields(_Lenient):
         stops = [value] if isinstance(value, str) else list(value or [])
         if len(stops) > MAX_STOP_STRINGS:
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         return [s for s in stops if s]
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_32_bits(cls, value: int | None) -> int | None:
+        return None if value is None else value % 2**32
 
     @field_validator("logit_bias")
     @classmethod
@@ -105,7 +122,7 @@ class ChatMessage(_Lenient):
 
 
 class ChatRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
 
 
 class CompletionRequest(SamplingFields):
@@ -129,19 +146,26 @@ class EmbeddingRequest(_Lenient):
     input: str | list[str] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
 
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+        return value
+
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
 class TokenizeRequest(_Lenient):
     model: str | None = None
-    content: str
+    content: str = Field(max_length=MAX_TEXT_CHARS)
     add_special: bool = False
 
 
 class DetokenizeRequest(_Lenient):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[int] = Field(max_length=MAX_DETOKENIZE_TOKENS)
 
 
 class SeedTurn(_Lenient):
@@ -152,7 +176,7 @@ class SeedTurn(_Lenient):
 class SeedGenerateRequest(_Lenient):
     """The body of the seed's accelerate_client.py; n, best_of, top_k, stop, ... are ignored as the seed did."""
 
-    history: list[SeedTurn] = Field(min_length=1)
+    history: list[SeedTurn] = Field(min_length=1, max_length=MAX_MESSAGES)
     system_prompt: str | None = ""
     max_new_tokens: int | None = Field(default=None, ge=1)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)

@@ -49,7 +49,8 @@ async def generate(body: SeedGenerateRequest, request: Request) -> dict[str, Any
     model = state.registry.get(body.model)
     tokens, stops = await asyncio.to_thread(chat_prompt, model, seed_messages(body), None)
     fields = SamplingFields(max_tokens=body.max_new_tokens, top_p=body.top_p, temperature=body.temperature)
-    params = build_sampling(fields, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot, extra_stops=stops)
+    params = build_sampling(fields, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot, extra_stops=stops,
+                            engine=model.engine)
     outcome = await collect(submit(request, model, tokens, params), request, state.metrics, model.alias)
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     return {"response": outcome.text, "status": 200, "time": now}

@@ -17,9 +17,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from lcpp_zh.runtime.stream import Finished
 from lcpp_zh.server.httperrors import ApiError, sse_error
 from lcpp_zh.server.metrics import Metrics
-from lcpp_zh.stream import Finished
 
 logger = logging.getLogger(__name__)
 

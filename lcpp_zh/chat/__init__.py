@@ -1,0 +1,1 @@
+"""The terminal fronts over the engine: the chat REPL, its conversation state and `generate`."""

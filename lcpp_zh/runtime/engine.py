@@ -1,0 +1,328 @@
+"""The one engine that owns llama.cpp: a model, one context with N sequence slots, and the thread that
+runs continuous batching over them (lcpp_zh.runtime.scheduler).
+
+chat, generate and serve are thin fronts: they tokenize through the engine, `submit` prompt tokens and
+read a Stream of TextDelta/Finished events. Nothing here knows about templates, HTTP or terminals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lcpp_zh.errors import EngineError
+from lcpp_zh.runtime.grammar import check_grammar
+from lcpp_zh.runtime.llama_api import Batch, LlamaContext, LlamaModel, SpecialToken
+from lcpp_zh.runtime.logit_edits import LogitEdits
+from lcpp_zh.runtime.sampling import CandidateSampler, SamplingParams, build_chain
+from lcpp_zh.runtime.scheduler import QueueFull, Scheduler
+from lcpp_zh.runtime.slots import Request
+from lcpp_zh.runtime.stream import Event, Finished, Stream, TextDelta
+from lcpp_zh.runtime.utf8_mask import Utf8Guard, Utf8Table
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Engine", "Stream", "TextDelta", "Finished", "Event", "QueueFull", "physical_cores"]
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (llama-cpp-python's default, half the logical CPUs, is too
+    low on machines without SMT). Read from sysfs; falls back to the logical count."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        base = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((base.joinpath("physical_package_id").read_text().strip(),
+                       base.joinpath("core_id").read_text().strip()))
+        except OSError:
+            return len(cpus) or 1
+    return max(1, len(cores))
+
+
+@dataclass
+class SlotSampler:
+    """A request's sampler: logit edits and the UTF-8 mask in Python, then llama.cpp's chain (run over our own
+    candidate array when there is a grammar, see CandidateSampler)."""
+
+    chain: Any
+    edits: LogitEdits
+    utf8: Utf8Guard | None = None
+    candidates: CandidateSampler | None = None
+
+
+class _LlamaBackend:
+    """The scheduler's view of llama.cpp: decode, KV trimming and sampling on one context."""
+
+    def __init__(self, model: LlamaModel, ctx: LlamaContext) -> None:
+        import llama_cpp
+
+        self._llama = llama_cpp
+        self.model = model
+        self.ctx = ctx
+
+    def new_batch(self, capacity: int) -> Batch:
+        return Batch(capacity)
+
+    def decode(self, batch: Batch) -> int:
+        return self.ctx.decode(batch)
+
+    def seq_rm(self, seq_id: int, p0: int, p1: int = -1) -> bool:
+        return self.ctx.seq_rm(seq_id, p0, p1)
+
+    # Tests turn this off to compare with llama.cpp's sampling alone.
+    utf8_guard = True
+    _utf8_table: Utf8Table | None = None
+
+    def make_sampler(self, params: SamplingParams, prompt: list[int]) -> SlotSampler:
+        edits = LogitEdits(params, self.model.n_vocab, prompt)
+        utf8 = None
+        if self.utf8_guard:
+            if self._utf8_table is None:  # once per engine, on the first request: ~0.15 s for 49k tokens
+                self._utf8_table = Utf8Table.from_vocab(self.model.n_vocab, self.model.piece, self.model.is_eog)
+            utf8 = Utf8Guard(self._utf8_table)
+        candidates = CandidateSampler(self.model.n_vocab) if params.grammar else None
+        return SlotSampler(build_chain(params, vocab=self.model.vocab), edits, utf8, candidates)
+
+    def sample(self, sampler: SlotSampler, index: int) -> int:
+        """The next token of one slot; EngineError (nothing accepted) when a grammar allows no token."""
+        # Order of llama.cpp's common sampler: bias and penalties, then (ours) the UTF-8 mask, then the chain.
+        if sampler.edits.active or sampler.utf8 is not None or sampler.candidates is not None:
+            pointer = self._llama.llama_get_logits_ith(self.ctx.ctx, index)
+            logits = np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
+            if sampler.edits.active:
+                sampler.edits.apply(logits)
+            if sampler.utf8 is not None:
+                sampler.utf8.apply(logits)
+        if sampler.candidates is not None:
+            token = sampler.candidates.sample(sampler.chain, logits)
+        else:
+            token = self._llama.llama_sampler_sample(sampler.chain, self.ctx.ctx, index)
+        sampler.edits.accept(token)
+        if sampler.utf8 is not None:
+            sampler.utf8.accept(token)
+        return token
+
+    def free_sampler(self, sampler: SlotSampler) -> None:
+        self._llama.llama_sampler_free(sampler.chain)
+
+    def is_eog(self, token: int) -> bool:
+        return self.model.is_eog(token)
+
+    def piece(self, token: int) -> bytes:
+        return self.model.piece(token)
+
+
+class VocabularyFront:
+    """What needs only the model's vocabulary (`self._model`, a LlamaModel): tokenizing, pieces, control
+    tokens, grammar checks. The in-process Engine and the server's RunnerClient (which holds a
+    vocabulary-only model beside its runner process) share it, so the fronts see one interface.
+    Add vocabulary-only methods here, not on Engine."""
+
+    _model: LlamaModel
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
+        """Token ids; with special=True `<s>`/`</s>` texts are the control tokens. Never a doubled BOS."""
+        return self._model.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        data = b"".join(self._model.piece(int(t), special=special) for t in tokens)
+        return data.decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        """The text of a token as written in templates (`<s>`, `<|im_end|>`)."""
+        return self._model.token_text(token)
+
+    def piece(self, token: int) -> bytes:
+        return self._model.piece(token)
+
+    def special_tokens(self) -> list[SpecialToken]:
+        """The tokens llama.cpp matches as whole texts (control, user-defined, unknown), in its order;
+        lcpp_zh.templates uses them to parse control tokens in a template's text but not in contents."""
+        return self._model.special_tokens()
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise EngineError naming the problem when a GBNF grammar is beyond the limits that keep llama.cpp
+        safe or does not parse for this vocabulary (lcpp_zh.runtime.grammar); compiles it once and frees it."""
+        check_grammar(grammar, self._model.vocab)
+
+
+class Engine(VocabularyFront):
+    """A GGUF model served to any number of threads through N sequence slots."""
+
+    def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 4096, n_parallel: int = 4,
+                 n_threads: int | None = None, n_batch: int = 512, gpu_layers: int = 0, main_gpu: int = 0,
+                 tensor_split: Sequence[float] | None = None,
+                 loras: Sequence[str | os.PathLike | tuple[str | os.PathLike, float]] = (),
+                 embeddings: bool = False, verbose: bool = False, max_queue: int = 64) -> None:
+        if n_parallel < 1:
+            raise EngineError("n_parallel must be at least 1")
+        if n_ctx < 16 * n_parallel:
+            raise EngineError(f"a context of {n_ctx} tokens is too small for {n_parallel} slot(s); "
+                              f"use at least {16 * n_parallel}")
+        if n_batch < n_parallel:
+            # Every generating slot puts one token in each batch: a batch smaller than the slots would
+            # overflow llama.cpp's output buffer (GGML_ASSERT n_outputs_max, an abort).
+            logger.warning("batch size %d raised to %d, one token per slot", n_batch, n_parallel)
+            n_batch = n_parallel
+        self.model_path = Path(model_path)
+        self.n_threads = n_threads or physical_cores()
+        self.verbose = verbose
+        self._model = LlamaModel(model_path, gpu_layers=gpu_layers, main_gpu=main_gpu, tensor_split=tensor_split)
+        try:
+            self._init_context(n_ctx, n_parallel, n_batch, loras, max_queue)
+        except BaseException:
+            self._model.close()
+            raise
+        self.metadata = self._model.metadata()
+        self.chat_template = self._model.chat_template()
+        self.bos_id, self.eos_id, self.eot_id = self._model.bos_id, self._model.eos_id, self._model.eot_id
+        self.add_bos = self._model.add_bos
+        self.n_vocab = self._model.n_vocab
+        self.n_layer = self._model.n_layer
+        self._embed_enabled = embeddings
+        self._embed_ctx: LlamaContext | None = None
+        self._embed_lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._scheduler.run, name="lcpp-zh-engine", daemon=True)
+        self._thread.start()
+
+    def _init_context(self, n_ctx: int, n_parallel: int, n_batch: int, loras: Sequence[Any], max_queue: int) -> None:
+        if n_ctx > self._model.n_ctx_train * n_parallel:
+            logger.warning("context %d per slot is beyond the model's training context %d",
+                           n_ctx // n_parallel, self._model.n_ctx_train)
+        self._ctx = LlamaContext(self._model, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_parallel,
+                                 n_threads=self.n_threads)
+        self._loras = None
+        if loras:
+            from lcpp_zh.runtime.lora import LoraSet
+
+            self._loras = LoraSet(self._model.model, loras)
+            self._loras.apply(self._ctx.ctx)
+        self.n_ctx = self._ctx.n_ctx
+        self.n_parallel = n_parallel
+        self.n_ctx_slot = self.n_ctx // n_parallel
+        self._scheduler = Scheduler(_LlamaBackend(self._model, self._ctx), n_slots=n_parallel,
+                                    n_ctx_slot=self.n_ctx_slot, n_batch=n_batch, max_queue=max_queue)
+
+    # --- generation ---
+    def submit(self, prompt_tokens: Sequence[int], params: SamplingParams | None = None, *,
+               cache_key: str | None = None, stream: Stream | None = None) -> Stream:
+        """Queue a generation; thread-safe. Raises EngineError when the prompt cannot fit a slot and
+        QueueFull when too many requests wait. `stream` lets a caller (the runner) bring its own."""
+        if self._closed:
+            raise EngineError("the engine is closed")
+        if not self._thread.is_alive():
+            raise EngineError("the engine thread has stopped after a failure; restart the model")
+        tokens = [int(t) for t in prompt_tokens]
+        if any(t < 0 or t >= self.n_vocab for t in tokens):
+            raise EngineError(f"prompt token ids must lie in [0, {self.n_vocab})")
+        params = params or SamplingParams()
+        outside = [t for t in params.logit_bias if t >= self.n_vocab]
+        if outside:
+            raise EngineError(f"logit_bias: token {outside[0]} is not in the vocabulary (ids 0 to {self.n_vocab - 1})")
+        stream = stream if stream is not None else Stream()
+        self._scheduler.submit(Request(tokens, params, stream, cache_key))
+        return stream
+
+    def generate(self, prompt_tokens: Sequence[int], params: SamplingParams | None = None) -> tuple[str, Finished]:
+        """Convenience: submit and wait for the whole text."""
+        return self.submit(prompt_tokens, params).text()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Mean-pooled embeddings, computed on a separate context (created on first use)."""
+        if not self._embed_enabled:
+            raise EngineError("this engine was created without embeddings=True")
+        with self._embed_lock:
+            if self._embed_ctx is None:
+                self._embed_ctx = LlamaContext(self._model, n_ctx=self.n_ctx_slot, n_batch=self.n_ctx_slot,
+                                               n_seq=1, n_threads=self.n_threads, embeddings=True)
+            return [self._embed_one(self._embed_ctx, text) for text in texts]
+
+    def _embed_one(self, ctx: LlamaContext, text: str) -> list[float]:
+        tokens = self.tokenize(text, add_bos=self.add_bos, special=False)[: ctx.n_ctx]
+        if not tokens:
+            raise EngineError("cannot embed an empty text")
+        ctx.clear()
+        batch = Batch(len(tokens))
+        try:
+            for i, token in enumerate(tokens):
+                batch.add(token, i, 0, True)
+            if ctx.decode(batch) != 0:
+                raise EngineError("llama_decode failed while embedding")
+            return ctx.embeddings_seq(0)
+        finally:
+            batch.close()
+
+    # --- LoRA adapters ---
+    def lora_adapters(self) -> list[dict[str, Any]]:
+        """The loaded adapters: id, name, path, scale, alpha."""
+        return self._loras.describe() if self._loras else []
+
+    def set_lora_scales(self, entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Change adapter scales between two decoding steps (llama-server's POST /lora-adapters shape:
+        unlisted adapters get 0). Cached prefixes were computed with the old scales, so they are dropped."""
+        if not self._loras:
+            raise EngineError("no LoRA adapters are loaded (start with --lora ADAPTER.gguf)")
+
+        def change() -> None:
+            self._loras.set_scales(entries)
+            self._loras.apply(self._ctx.ctx)
+
+        self._scheduler.between_steps(change)
+        return self.lora_adapters()
+
+    def stats(self) -> dict[str, int]:
+        return self._scheduler.stats()
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine thread has died (every request since then fails at once)."""
+        return not self._closed and self._thread.is_alive()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def n_batch(self) -> int:
+        return self._scheduler.n_batch
+
+    def call_after_each_step(self, callback: Any) -> None:
+        """`callback()` runs on the engine thread after every step (the runner sends events then)."""
+        self._scheduler.after_step = callback
+
+    def wait_stopped(self) -> None:
+        """Block until the engine thread ends (by close() or by a failure)."""
+        self._thread.join()
+
+    def close(self) -> None:
+        """Stop the engine thread (open streams end with an error event) and free llama.cpp's memory."""
+        if self._closed:
+            return
+        self._closed = True
+        self._scheduler.close()
+        self._thread.join()
+        self._scheduler.batch.close()
+        if self._embed_ctx is not None:
+            self._embed_ctx.close()
+        self._ctx.close()
+        if self._loras is not None:
+            self._loras.free()
+        self._model.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

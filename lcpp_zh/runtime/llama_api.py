@@ -1,0 +1,264 @@
+"""Thin, typed wrappers over llama-cpp-python's low-level API: model, context, batch.
+
+The only module besides the sampler builder that calls llama_cpp directly. It knows nothing of slots,
+requests or templates; lcpp_zh.runtime.engine drives it. Failures become ModelError/EngineError with a message
+the user can act on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from lcpp_zh.convert.llama_log import route_llama_logs
+from lcpp_zh.errors import EngineError, ModelError
+
+logger = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+_backend_ready = False
+
+
+def init_backend() -> None:
+    """Once per process: llama.cpp's backend, with its log routed into Python logging."""
+    global _backend_ready
+    if not _backend_ready:
+        route_llama_logs()
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def check_gguf_file(path: Path) -> None:
+    """A one-line error for a missing or non-GGUF file, before llama.cpp prints pages about it."""
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    with open(path, "rb") as handle:
+        if handle.read(4) != GGUF_MAGIC:
+            raise ModelError(f"{path}: not a GGUF file (bad magic); convert it with `lcpp-zh convert`")
+
+
+@dataclass(frozen=True)
+class SpecialToken:
+    """A token llama.cpp matches as a whole in text before tokenizing: `control` ones (CONTROL or UNKNOWN
+    attribute: `<s>`, `<|im_end|>`, `<unk>`) only when asked to parse specials, user-defined ones always.
+    `lstrip`/`rstrip`: llama.cpp drops the whitespace on that side of a match."""
+
+    id: int
+    text: str
+    control: bool
+    lstrip: bool = False
+    rstrip: bool = False
+
+
+class LlamaModel:
+    """A loaded GGUF model and its vocabulary."""
+
+    def __init__(self, path: str | os.PathLike, *, gpu_layers: int = 0, main_gpu: int = 0,
+                 tensor_split: Sequence[float] | None = None, vocab_only: bool = False) -> None:
+        init_backend()
+        self.path = Path(path)
+        check_gguf_file(self.path)
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = gpu_layers
+        params.main_gpu = main_gpu
+        params.vocab_only = vocab_only
+        if tensor_split:
+            n_max = llama_cpp.llama_max_devices()
+            self._split = (ctypes.c_float * n_max)(*[float(x) for x in list(tensor_split)[:n_max]])
+            params.tensor_split = self._split
+        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
+        if not self.model:
+            raise ModelError(f"{self.path}: llama.cpp could not load this GGUF (corrupt, truncated or an "
+                             "unsupported architecture; run with -vv for llama.cpp's log)")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
+        self.eos_id = llama_cpp.llama_vocab_eos(self.vocab)
+        self.eot_id = llama_cpp.llama_vocab_eot(self.vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.n_layer = llama_cpp.llama_model_n_layer(self.model)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
+        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+        # One piece buffer per thread: the engine thread detokenizes while request threads tokenize and
+        # detokenize, and a shared buffer could be overwritten between the call and the read.
+        self._local = threading.local()
+        self._special: list[SpecialToken] | None = None  # read on first use (special_tokens)
+
+    def metadata(self) -> dict[str, str]:
+        """All GGUF key/value pairs as strings (arrays are left out by llama.cpp)."""
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(1 << 16)
+        for i in range(llama_cpp.llama_model_meta_count(self.model)):
+            n = llama_cpp.llama_model_meta_key_by_index(self.model, i, buf, len(buf))
+            if n < 0:
+                continue
+            key = buf.value.decode("utf-8", errors="replace")
+            n = llama_cpp.llama_model_meta_val_str_by_index(self.model, i, buf, len(buf))
+            if n >= len(buf):  # a long chat template: read it again with room for all of it
+                big = ctypes.create_string_buffer(n + 1)
+                llama_cpp.llama_model_meta_val_str_by_index(self.model, i, big, len(big))
+                out[key] = big.value.decode("utf-8", errors="replace")
+            elif n >= 0:
+                out[key] = buf.value.decode("utf-8", errors="replace")
+        return out
+
+    def chat_template(self) -> str | None:
+        raw = llama_cpp.llama_model_chat_template(self.model, None)
+        return raw.decode("utf-8") if raw else None
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
+        """Token ids of `text`; with special=True, `<s>`-like control token texts become their ids."""
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, False, special)
+        if n < 0:  # never for byte-level or SentencePiece vocabularies, but llama.cpp's contract allows it
+            n_max = -n
+            buf = (llama_cpp.llama_token * n_max)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, n_max, False, special)
+        tokens = list(buf[:n])
+        if add_bos and self.bos_id >= 0 and (not tokens or tokens[0] != self.bos_id):
+            tokens.insert(0, self.bos_id)
+        return tokens
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token; the buffer grows for long pieces instead of truncating them."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = self._local.buf = ctypes.create_string_buffer(-n + 16)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token, special=True).decode("utf-8", errors="replace")
+
+    def special_tokens(self) -> list[SpecialToken]:
+        """The tokens of llama.cpp's special-token cache (llama-vocab.cpp: CONTROL, USER_DEFINED or UNKNOWN
+        attribute), in the order its tokenizer_st_partition tries them: longest text (in bytes) first; ties,
+        which llama.cpp's unstable sort leaves in no set order, by id. Read once (a pass over the vocab)."""
+        if self._special is None:
+            wanted = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED | \
+                llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+            control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+            found = []
+            for token in range(self.n_vocab):
+                attr = llama_cpp.llama_vocab_get_attr(self.vocab, token)
+                if not attr & wanted:
+                    continue
+                raw = llama_cpp.llama_vocab_get_text(self.vocab, token) or b""
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:  # added tokens are strings: none in practice; skipping one
+                    # would only leave it as text in templates too, never parse it in contents
+                    continue
+                if text:  # llama.cpp would loop forever on an empty one; no real vocabulary has it
+                    found.append(SpecialToken(token, text, bool(attr & control),
+                                              bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP),
+                                              bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP)))
+            found.sort(key=lambda t: (-len(t.text.encode("utf-8")), t.id))
+            self._special = found
+        return list(self._special)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+
+class Batch:
+    """A llama_batch with room for `capacity` tokens, one sequence id each."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.batch = llama_cpp.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Append a token; returns its index (the index its logits are read from)."""
+        i = self.n
+        b = self.batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = logits
+        self.n += 1
+        return i
+
+    @property
+    def room(self) -> int:
+        return self.capacity - self.n
+
+    def close(self) -> None:
+        if self.batch is not None:
+            llama_cpp.llama_batch_free(self.batch)
+            self.batch = None
+
+
+class LlamaContext:
+    """A llama context with `n_seq` sequences sharing one unified KV cache of `n_ctx` cells."""
+
+    def __init__(self, model: LlamaModel, *, n_ctx: int, n_batch: int, n_seq: int, n_threads: int,
+                 embeddings: bool = False) -> None:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.embeddings = embeddings
+        # One KV stream per sequence, n_ctx/n_seq cells each (the engine's per-slot bound), as llama-server
+        # does: each sequence attends over its own cells only, not over every slot's, which makes batched
+        # decoding of many slots faster than with one unified cache.
+        params.kv_unified = False
+        if embeddings:
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        self.model = model
+        self.ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory? "
+                              "try a smaller --ctx or fewer --gpu-layers)")
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+
+    def decode(self, batch: Batch) -> int:
+        batch.batch.n_tokens = batch.n
+        return llama_cpp.llama_decode(self.ctx, batch.batch)
+
+    def seq_rm(self, seq_id: int, p0: int, p1: int = -1) -> bool:
+        return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq_id, p0, p1))
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        return llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id)
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self.memory, True)
+
+    def embeddings_seq(self, seq_id: int) -> list[float]:
+        ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, seq_id)
+        if not ptr:
+            raise EngineError("this model gives no pooled embeddings")
+        return [float(ptr[i]) for i in range(self.model.n_embd)]
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+

@@ -1,0 +1,1 @@
+"""`lcpp-zh verify`: tokenizer and logits parity of a GGUF against transformers."""
