@@ -1,4 +1,4 @@
-"""Summarise a GGUF file: architecture, sizes, context, vocabulary, chat template, tensor types.
+"""Summarise a GGUF file: architecture, sizes, context, vocabulary, chat template, sampling defaults, tensors.
 
 Reads only the header through gguf-py's GGUFReader (memory-mapped; tensor data is not touched).
 """
@@ -32,6 +32,18 @@ def field_value(reader: gguf.GGUFReader, key: str) -> Any:
     return field.contents()
 
 
+def sampling_settings(reader: gguf.GGUFReader) -> dict[str, Any]:
+    """The general.sampling.* defaults, short names (top_k, temp, ...) to values; float32s shown as written
+    (0.95, not 0.949999988)."""
+    prefix = "general.sampling."
+    out: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if key.startswith(prefix):
+            value = field.contents()
+            out[key[len(prefix):]] = round(value, 6) if isinstance(value, float) else value
+    return out
+
+
 def summarize_gguf(path: Path) -> dict[str, Any]:
     """The facts `lcpp-zh inspect` shows, as a JSON-ready dict."""
     reader = read_gguf(path)
@@ -58,6 +70,7 @@ def summarize_gguf(path: Path) -> dict[str, Any]:
         "bos_token_id": field_value(reader, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": field_value(reader, "tokenizer.ggml.eos_token_id"),
         "chat_template": field_value(reader, "tokenizer.chat_template"),
+        "sampling": sampling_settings(reader),
         "tensor_types": dict(types.most_common()),
         "tensors": len(reader.tensors),
     }

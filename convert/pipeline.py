@@ -21,6 +21,7 @@ from lcpp_zh.convert.hparams import add_hparams
 from lcpp_zh.convert.hub import locate_checkpoint
 from lcpp_zh.convert.lora_merge import LoraMerge, prepare_merge
 from lcpp_zh.convert.quantize import parse_quant_type, quantize_gguf
+from lcpp_zh.convert.sampling import add_recommended_sampling
 from lcpp_zh.convert.tensor_plan import OUTTYPES, guess_file_type, plan_tensors
 from lcpp_zh.convert.vocab import add_vocab
 from lcpp_zh.errors import ConversionError, TemplateError
@@ -28,6 +29,12 @@ from lcpp_zh.errors import ConversionError, TemplateError
 logger = logging.getLogger(__name__)
 
 OUTTYPE_CHOICES = ("auto", *OUTTYPES)
+
+
+def model_family(checkpoint: Checkpoint) -> str | None:
+    """The built-in template family the checkpoint's names point to (FlagAlpha / Atom / Llama2-Chinese)."""
+    return detect_template_name(checkpoint.config.get("_name_or_path"), checkpoint.directory.name,
+                                checkpoint.display_name)
 
 
 def choose_template(checkpoint: Checkpoint, template: str | None) -> str | None:
@@ -39,8 +46,7 @@ def choose_template(checkpoint: Checkpoint, template: str | None) -> str | None:
         if template not in BUILTIN_TEMPLATES:
             raise TemplateError(f"unknown template {template!r}; choose one of {', '.join(BUILTIN_TEMPLATES)}, none")
         return BUILTIN_TEMPLATES[template]
-    name = detect_template_name(checkpoint.config.get("_name_or_path"), checkpoint.directory.name,
-                                checkpoint.display_name)
+    name = model_family(checkpoint)
     return BUILTIN_TEMPLATES[name] if name else None
 
 
@@ -54,9 +60,11 @@ def _file_type(checkpoint: Checkpoint, outtype: str) -> gguf.LlamaFileType:
 
 
 def _add_general_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint) -> None:
-    """general.* keys, from the model card and folder name, through gguf-py's Metadata as upstream does."""
+    """general.* keys, from the model card and folder name, through gguf-py's Metadata as upstream does;
+    general.sampling.* from generation_config.json the same way, or FlagAlpha's recommended settings."""
     total_params, shared, experts, expert_count = writer.get_total_parameter_count()
     metadata = gguf.Metadata.load(None, checkpoint.directory, None, total_params)
+    add_recommended_sampling(metadata, model_family(checkpoint))
     if checkpoint.display_name:
         metadata.name = checkpoint.display_name
     if metadata.name is None:

@@ -1,7 +1,8 @@
 """Write a checkpoint's tokenizer as GGUF `tokenizer.ggml.*` keys, without transformers.
 
-SentencePiece (`tokenizer.model`, the Llama 2 / Atom case) is read with sentencepiece; BPE
-(`tokenizer.json`, Llama 3 / SmolLM2) with the `tokenizers` library. Token texts, scores and types follow
+SentencePiece (`tokenizer.model`, the Llama 2 / Atom case) is read with sentencepiece, a SentencePiece-style
+tokenizer.json without it by vocab_llama_hf; byte-level BPE (`tokenizer.json`, Llama 3 / SmolLM2) with the
+`tokenizers` library. Token texts, scores and types follow
 llama.cpp's converter rule for rule; special ids, add_bos/add_eos, merges and the chat template come from
 gguf-py's SpecialVocab, the same code the reference uses.
 """
@@ -17,6 +18,7 @@ from typing import Any
 import gguf
 
 from lcpp_zh.convert.bpe_pre import pre_tokenizer_name
+from lcpp_zh.convert.vocab_llama_hf import is_llama_hf_tokenizer, llama_hf_vocab
 from lcpp_zh.errors import TokenizerError
 
 logger = logging.getLogger(__name__)
@@ -142,13 +144,11 @@ def add_vocab(writer: gguf.GGUFWriter, directory: Path, vocab_size: int, chat_te
     if (add_prefix_space := tokenizer_config.get("add_prefix_space")) is not None:
         writer.add_add_space_prefix(add_prefix_space)
     if (directory / "tokenizer.model").is_file():
-        tokens, scores, types = sentencepiece_vocab(directory, vocab_size)
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
-        writer.add_token_scores(scores)
-        writer.add_token_types(types)
-        special = gguf.SpecialVocab(directory, n_vocab=len(tokens))
+        special = _add_llama_vocab(writer, directory, *sentencepiece_vocab(directory, vocab_size))
+    elif is_llama_hf_tokenizer(directory):
+        # No tokenizer.model but a SentencePiece-style tokenizer.json: llama.cpp's converter takes its Hugging
+        # Face vocabulary path (same keys, every score -1000, no padding to vocab_size).
+        special = _add_llama_vocab(writer, directory, *llama_hf_vocab(directory, vocab_size))
     elif (directory / "tokenizer.json").is_file():
         _refuse_sentencepiece_json(directory)
         texts, types, pre = bpe_vocab(directory, vocab_size)
@@ -167,11 +167,23 @@ def add_vocab(writer: gguf.GGUFWriter, directory: Path, vocab_size: int, chat_te
         writer.add_add_bos_token(False)
 
 
+def _add_llama_vocab(writer: gguf.GGUFWriter, directory: Path, tokens: list[bytes], scores: list[float],
+                     types: list[int]) -> gguf.SpecialVocab:
+    """The SentencePiece ("llama") tokenizer keys; returns the special vocabulary still to be added."""
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    return gguf.SpecialVocab(directory, n_vocab=len(tokens))
+
+
 def _refuse_sentencepiece_json(directory: Path) -> None:
-    """A tokenizer.json that is a SentencePiece-style BPE with byte fallback needs its tokenizer.model."""
+    """A byte-fallback BPE tokenizer.json without the ▁ decoder of the Hugging Face Llama path is neither
+    SentencePiece-style nor byte-level: refuse rather than guess (its tokenizer.model would settle it)."""
     model = _read_json(directory / "tokenizer.json").get("model", {})
     if model.get("type") == "BPE" and model.get("byte_fallback"):
         raise TokenizerError(
-            f"{directory}: this tokenizer.json is a SentencePiece-style vocabulary; "
+            f"{directory}: this tokenizer.json uses byte fallback but not the SentencePiece-style decoder; "
             "put the model's tokenizer.model next to it"
         )

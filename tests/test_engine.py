@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from lcpp_zh.runtime.engine import Engine, Finished, QueueFull, TextDelta
 from lcpp_zh.errors import EngineError, ModelError
+from lcpp_zh.runtime.engine import Engine, Finished, QueueFull, TextDelta
 from lcpp_zh.runtime.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=32)

@@ -8,8 +8,8 @@ from lora_adapters import make_adapter
 
 from lcpp_zh.convert.lora_adapter import convert_lora
 from lcpp_zh.convert.pipeline import convert_checkpoint
-from lcpp_zh.runtime.engine import Engine
 from lcpp_zh.errors import EngineError, ModelError
+from lcpp_zh.runtime.engine import Engine
 from lcpp_zh.runtime.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0, max_tokens=24)

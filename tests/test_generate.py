@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lcpp_zh.runtime.engine import Engine
 from lcpp_zh.chat.generate import generate
+from lcpp_zh.runtime.engine import Engine
 from lcpp_zh.runtime.sampling import SamplingParams
 
 

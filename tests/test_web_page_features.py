@@ -21,6 +21,7 @@ from page_harness import (
     set_field,
     wait_idle,
 )
+from playwright.sync_api import expect
 from server_harness import start_server
 
 pytestmark = pytest.mark.slow
@@ -77,6 +78,12 @@ def titles(page) -> list[str]:
     return page.locator("#chat-list .title").all_inner_texts()
 
 
+def expect_titles(page, wanted: list[str]) -> None:
+    """The chat list shows exactly these titles (Playwright retries until it does: the list redraws after
+    the dialog's promise settles)."""
+    expect(page.locator("#chat-list .title")).to_have_text(wanted)
+
+
 def test_chats_new_switch_search_rename_delete(pages):
     page = pages().page
     answer_with(page, "第一个回答")
@@ -87,26 +94,26 @@ def test_chats_new_switch_search_rename_delete(pages):
     answer_with(page, "第二个回答")
     send(page, "第二个问题")
     wait_idle(page)
-    assert titles(page) == ["第二个问题", "第一个问题"]
+    expect_titles(page, ["第二个问题", "第一个问题"])
 
     page.locator("#chat-list .chat-item", has_text="第一个问题").locator(".open").click()
     assert page.locator(".msg.assistant .content").inner_text() == "第一个回答"
     page.fill("#chat-search", "第二个回")  # matches the answer text, not only titles
-    assert titles(page) == ["第二个问题"]
+    expect_titles(page, ["第二个问题"])
     page.fill("#chat-search", "")
 
     page.locator("#chat-list .chat-item", has_text="第一个问题").locator(".act-rename").click()
     ask_ok(page, "北京之旅")
-    assert "北京之旅" in titles(page)
+    expect(page.locator("#chat-list .title", has_text="北京之旅")).to_have_count(1)
     second = page.locator("#chat-list .chat-item", has_text="第二个问题")
     second.hover()  # its buttons show on hover (always on a touch screen)
     second.locator(".act-delete").click()
     ask_ok(page)
-    assert titles(page) == ["北京之旅"]
+    expect_titles(page, ["北京之旅"])
 
     page.reload()
     page.wait_for_selector(".msg.assistant")
-    assert titles(page) == ["北京之旅"]
+    expect_titles(page, ["北京之旅"])
     assert page.locator(".msg.user .content").inner_text() == "第一个问题"
 
 

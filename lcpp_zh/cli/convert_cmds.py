@@ -74,7 +74,8 @@ def quantize(source: Path, output: Path, qtype: str, threads: int | None, quiet:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def inspect(path: Path, as_json: bool) -> None:
-    """Show what a GGUF file holds: architecture, sizes, vocabulary, chat template, tensor types."""
+    """Show what a GGUF file holds: architecture, sizes, vocabulary, tensor types, sampling defaults
+    (general.sampling.*, which chat, generate, serve and llama.cpp's tools start from), chat template."""
     from lcpp_zh.convert.inspect_gguf import summarize_gguf
 
     summary = summarize_gguf(path)
@@ -91,6 +92,7 @@ def inspect(path: Path, as_json: bool) -> None:
         ("vocabulary", f"{summary['vocab_size']} tokens ({summary['tokenizer']}), "
                        f"bos {summary['bos_token_id']}, eos {summary['eos_token_id']}"),
         ("tensor types", ", ".join(f"{k} x{v}" for k, v in summary["tensor_types"].items())),
+        ("sampling", ", ".join(f"{k} {v}" for k, v in summary["sampling"].items()) or "(none: the runtime's defaults)"),
     ]
     for key, value in rows:
         click.echo(f"{key:>15}: {value}")

@@ -80,12 +80,12 @@ def load_model(spec: ModelSpec, settings: ServeSettings, on_restart: Any = None)
     """
     from dataclasses import asdict
 
+    from lcpp_zh.resolve import resolve_model
     from lcpp_zh.runtime.llama_api import check_gguf_file
     from lcpp_zh.runtime.loader import parse_gpu_layers
     from lcpp_zh.runtime.offload import parse_gpu_list, plan_for
     from lcpp_zh.runtime.runner_client import RunnerClient
     from lcpp_zh.runtime.runner_protocol import RunnerConfig
-    from lcpp_zh.resolve import resolve_model
     from lcpp_zh.server.registry import ServedModel
 
     conversion_template = settings.template if isinstance(settings.template, str) else None

@@ -213,7 +213,7 @@ class Engine(VocabularyFront):
         self.n_parallel = n_parallel
         self.n_ctx_slot = self.n_ctx // n_parallel
         self._scheduler = Scheduler(_LlamaBackend(self._model, self._ctx), n_slots=n_parallel,
-                                    n_ctx_slot=self.n_ctx_slot, n_batch=n_batch, max_queue=max_queue)
+                                    n_ctx_slot=self.n_ctx_slot, n_batch=self._ctx.n_batch, max_queue=max_queue)
 
     # --- generation ---
     def submit(self, prompt_tokens: Sequence[int], params: SamplingParams | None = None, *,

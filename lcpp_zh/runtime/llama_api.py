@@ -236,6 +236,9 @@ class LlamaContext:
             raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory? "
                               "try a smaller --ctx or fewer --gpu-layers)")
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        # llama.cpp may lower the batch it accepts (to the requested context when that is smaller, while it
+        # rounds the context itself up): a batch above this aborts in llama_decode, so callers use this one.
+        self.n_batch = min(llama_cpp.llama_n_batch(self.ctx), llama_cpp.llama_n_ubatch(self.ctx) or n_batch)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
 
     def decode(self, batch: Batch) -> int:

@@ -26,7 +26,7 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health"})
-PAGE_PATHS = frozenset({"/", "/index.html", "/static/app.js", "/static/style.css", "/favicon.ico"})
+PAGE_PATHS = frozenset({"/", "/index.html", "/favicon.ico"})
 # Routes counted by name in /metrics; anything else is "other" so scanners cannot grow the label set.
 KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings", "/generate",
                           "/health", "/metrics", "/tokenize", "/detokenize", "/v1/templates", "/v1/lora",
@@ -65,7 +65,7 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        route = path if path in KNOWN_ROUTES else "other"
+        route = path if path in KNOWN_ROUTES else "/static/*" if path.startswith("/static/") else "other"
         status_seen = 0
 
         async def counting_send(message: Message) -> None:

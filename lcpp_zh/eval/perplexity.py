@@ -1,0 +1,260 @@
+"""Perplexity of a GGUF model over a text, and with a base model the KL-divergence statistics, as llama.cpp's
+llama-perplexity computes them: the text tokenized once (with BOS), cut into chunks of n_ctx tokens, each
+chunk's first token replaced by BOS, only the second half of each chunk scored, n_batch / n_ctx chunks
+decoded side by side. The base model's log-probabilities go to a temporary file, 16 bits each, as
+llama-perplexity keeps them. Scoring formulas are in lcpp_zh.eval.scoring; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lcpp_zh.errors import EngineError, ModelError
+from lcpp_zh.eval.scoring import KldSums, PackedLogProbs, kld_statistics, pack_log_probs, token_nll
+from lcpp_zh.runtime.llama_api import Batch, LlamaContext, LlamaModel
+
+logger = logging.getLogger(__name__)
+
+# progress(stage, chunks done, chunks in all): stage is "model", or "base" then "model" with a base.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    n_ctx: int = 512  # tokens per chunk (llama-perplexity's -c)
+    n_batch: int = 2048  # tokens per decode; n_batch // n_ctx chunks side by side (its -b)
+    n_ubatch: int = 512  # tokens per llama.cpp compute step (its -ub)
+    n_chunks: int | None = None  # at most this many chunks (its --chunks)
+    n_threads: int | None = None
+    gpu_layers: int = 0
+
+
+@dataclass
+class EvalResult:
+    """What `lcpp-zh eval` reports; `kld` holds the statistics of a run against a base model."""
+
+    model: str
+    n_ctx: int
+    chunks: int
+    tokens_scored: int
+    ppl: float
+    ppl_error: float
+    seconds: float
+    base: str | None = None
+    kld: dict[str, object] | None = None
+    chunk_ppl: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        out = {k: v for k, v in self.__dict__.items() if k != "chunk_ppl"}
+        out["tokens_per_s"] = self.tokens_evaluated / self.seconds if self.seconds else 0.0
+        return out
+
+    @property
+    def tokens_evaluated(self) -> int:
+        return self.chunks * self.n_ctx * (2 if self.base else 1)
+
+
+class _EvalContext(LlamaContext):
+    """A LlamaContext whose micro-batch (n_ubatch) is set apart from n_batch: LlamaContext ties the two, but
+    how llama.cpp cuts a batch into micro-batches changes a quantized model's logits enough to move its mean
+    KLD by some 10 % (SmolLM2 Q4_1 against F16, ctx 128, ub 2048 vs 512), so agreeing with llama-perplexity
+    needs its -ub. Everything else as LlamaContext (one KV stream per sequence, like llama-perplexity)."""
+
+    def __init__(self, model: LlamaModel, *, n_ctx: int, n_batch: int, n_ubatch: int, n_seq: int,
+                 n_threads: int) -> None:
+        import llama_cpp
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, min(n_ubatch, n_batch)
+        params.n_seq_max = n_seq
+        params.n_threads = params.n_threads_batch = n_threads
+        params.kv_unified = False
+        self.model = model
+        self.ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory? "
+                              "try a smaller --ctx or --batch)")
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+
+
+class _ChunkRunner:
+    """One model and a context of n_seq chunks; yields each chunk's logits at the scored positions."""
+
+    def __init__(self, path: Path, settings: EvalSettings) -> None:
+        from lcpp_zh.runtime.engine import physical_cores
+
+        n_ctx = settings.n_ctx
+        self.n_ctx = n_ctx
+        self.n_seq = max(1, settings.n_batch // n_ctx)
+        if settings.n_batch >= n_ctx and settings.n_batch % n_ctx:
+            raise EngineError(f"--batch {settings.n_batch} must be a multiple of --ctx {n_ctx} (or smaller than it)")
+        self.n_batch = min(settings.n_batch, self.n_seq * n_ctx)
+        self.first = n_ctx // 2
+        self.model = LlamaModel(path, gpu_layers=settings.gpu_layers)
+        try:
+            self.ctx = _EvalContext(self.model, n_ctx=self.n_seq * n_ctx, n_batch=self.n_batch,
+                                    n_ubatch=settings.n_ubatch, n_seq=self.n_seq,
+                                    n_threads=settings.n_threads or physical_cores())
+        except Exception:
+            self.model.close()
+            raise
+        self.batch = Batch(self.n_batch)
+        self.n_vocab = self.model.n_vocab
+
+    def tokenize(self, text: str) -> list[int]:
+        # llama-perplexity's common_tokenize(ctx, text, add_special=true): BOS as the vocabulary says, and
+        # special-token texts in the file stay text.
+        return self.model.tokenize(text, add_bos=self.model.add_bos, special=False)
+
+    def chunks(self, tokens: list[int], n_chunks: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(chunk index, logits (n_ctx - 1 - first, n_vocab) float32 predicting tokens first+1 .. n_ctx-1)."""
+        import llama_cpp
+
+        n_ctx, first, n_scored = self.n_ctx, self.first, self.n_ctx - 1 - self.first
+        n_rows = n_ctx - first
+        for i in range(0, n_chunks, self.n_seq):
+            group = min(self.n_seq, n_chunks - i)
+            self.ctx.clear()
+            outputs: list[np.ndarray] = []
+            for j in range(0, n_ctx, self.n_batch):
+                self.batch.clear()
+                size = min(n_ctx - j, self.n_batch)
+                n_out = 0
+                for seq in range(group):
+                    start = (i + seq) * n_ctx
+                    for k in range(size):
+                        pos = j + k
+                        token = self.model.bos_id if pos == 0 and self.model.add_bos else tokens[start + pos]
+                        self.batch.add(token, pos, seq, pos >= first)
+                        n_out += pos >= first
+                if self.ctx.decode(self.batch) != 0:
+                    raise EngineError("llama.cpp failed to decode a chunk (out of memory? try a smaller --batch)")
+                if n_out:
+                    pointer = llama_cpp.llama_get_logits(self.ctx.ctx)
+                    rows = np.ctypeslib.as_array(pointer, shape=(n_out, self.n_vocab))
+                    # A view into llama.cpp's buffer is enough when the group took one decode: it is read
+                    # before the next one. A chunk spread over several decodes (n_batch < n_ctx) is copied.
+                    outputs.append(rows if j + self.n_batch >= n_ctx else rows.copy())
+            # Each sequence's rows follow the previous one's; one sequence over several batches concatenates.
+            logits = np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+            for seq in range(group):
+                yield i + seq, logits[seq * n_rows: seq * n_rows + n_scored]
+
+    def close(self) -> None:
+        self.batch.close()
+        self.ctx.close()
+        self.model.close()
+
+
+def _n_chunks(n_tokens: int, settings: EvalSettings) -> int:
+    available = n_tokens // settings.n_ctx
+    if n_tokens < 2 * settings.n_ctx:
+        raise ModelError(f"the text is {n_tokens} tokens long; a context of {settings.n_ctx} needs at least "
+                         f"{2 * settings.n_ctx} (a longer --text or a smaller --ctx)")
+    return available if settings.n_chunks is None else min(settings.n_chunks, available)
+
+
+def _targets(tokens: list[int], chunk: int, n_ctx: int) -> np.ndarray:
+    first = n_ctx // 2
+    start = chunk * n_ctx
+    return np.asarray(tokens[start + first + 1: start + n_ctx], dtype=np.int64)
+
+
+def perplexity(path: str | Path, text: str, settings: EvalSettings = EvalSettings(),
+               progress: Progress | None = None) -> EvalResult:
+    """The perplexity of `path` over `text` (llama-perplexity's default run)."""
+    started = time.monotonic()
+    runner = _ChunkRunner(Path(path), settings)
+    try:
+        tokens = runner.tokenize(text)
+        n_chunks = _n_chunks(len(tokens), settings)
+        nll = nll2 = 0.0
+        count = 0
+        chunk_ppl = []
+        for chunk, logits in runner.chunks(tokens, n_chunks):
+            values = token_nll(logits, _targets(tokens, chunk, settings.n_ctx))
+            nll += float(values.sum())
+            nll2 += float((values * values).sum())
+            count += len(values)
+            chunk_ppl.append(math.exp(nll / count))
+            if progress:
+                progress("model", chunk + 1, n_chunks)
+    finally:
+        runner.close()
+    mean, mean2 = nll / count, nll2 / count
+    ppl = math.exp(mean)
+    var = mean2 - mean * mean
+    error = math.sqrt(var / (count - 1)) * ppl if var > 0 else 0.0
+    return EvalResult(str(path), settings.n_ctx, n_chunks, count, ppl, error, time.monotonic() - started,
+                      chunk_ppl=chunk_ppl)
+
+
+class _PackedFile:
+    """The base model's packed log-probabilities of every scored row, in a temporary file."""
+
+    def __init__(self, folder: Path, rows: int, n_vocab: int) -> None:
+        needed = rows * n_vocab * 2
+        free = shutil.disk_usage(folder).free
+        if needed + (64 << 20) > free:
+            raise EngineError(f"{folder}: {needed / 2**30:.2f} GiB needed for the base model's log-probabilities, "
+                              f"{free / 2**30:.2f} GiB free (fewer --chunks, or TMPDIR elsewhere)")
+        self.codes = np.lib.format.open_memmap(folder / "base-log-probs.npy", mode="w+", dtype=np.uint16,
+                                               shape=(max(rows, 1), n_vocab))
+        self.scale = np.zeros(rows, np.float32)
+        self.offset = np.zeros(rows, np.float32)
+
+    def put(self, row: int, packed: PackedLogProbs) -> None:
+        n = len(packed.scale)
+        self.codes[row: row + n] = packed.codes
+        self.scale[row: row + n], self.offset[row: row + n] = packed.scale, packed.offset
+
+    def get(self, row: int, n: int) -> PackedLogProbs:
+        return PackedLogProbs(self.scale[row: row + n], self.offset[row: row + n], np.asarray(self.codes[row: row + n]))
+
+
+def kl_divergence(path: str | Path, base_path: str | Path, text: str, settings: EvalSettings = EvalSettings(),
+                  progress: Progress | None = None) -> EvalResult:
+    """Perplexity of `path` and its KL divergence from `base_path` over `text`, on the base model's tokens
+    (llama-perplexity --kl-divergence-base, then --kl-divergence)."""
+    started = time.monotonic()
+    n_scored = settings.n_ctx - 1 - settings.n_ctx // 2
+    with tempfile.TemporaryDirectory(prefix="lcpp-zh-kld-") as folder:
+        base = _ChunkRunner(Path(base_path), settings)
+        try:
+            tokens = base.tokenize(text)
+            n_chunks = _n_chunks(len(tokens), settings)
+            n_vocab = base.n_vocab
+            packed_file = _PackedFile(Path(folder), n_chunks * n_scored, n_vocab)
+            for chunk, logits in base.chunks(tokens, n_chunks):
+                packed, _nll = pack_log_probs(logits, _targets(tokens, chunk, settings.n_ctx))
+                packed_file.put(chunk * n_scored, packed)
+                if progress:
+                    progress("base", chunk + 1, n_chunks)
+        finally:
+            base.close()
+        runner = _ChunkRunner(Path(path), settings)
+        try:
+            if runner.n_vocab != n_vocab:
+                raise ModelError(f"{path} has {runner.n_vocab} tokens, the base model {n_vocab}: "
+                                 "KL divergence needs the same vocabulary")
+            sums = KldSums()
+            for chunk, logits in runner.chunks(tokens, n_chunks):
+                sums.add(logits, _targets(tokens, chunk, settings.n_ctx), packed_file.get(chunk * n_scored, n_scored))
+                if progress:
+                    progress("model", chunk + 1, n_chunks)
+        finally:
+            runner.close()
+        del packed_file
+    stats = kld_statistics(sums)
+    return EvalResult(str(path), settings.n_ctx, n_chunks, sums.count, float(stats["ppl"]), float(stats["ppl_error"]),
+                      time.monotonic() - started, base=str(base_path), kld=stats)
