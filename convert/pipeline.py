@@ -21,7 +21,7 @@ from lcpp_zh.convert.hparams import add_hparams
 from lcpp_zh.convert.hub import locate_checkpoint
 from lcpp_zh.convert.lora_merge import LoraMerge, prepare_merge
 from lcpp_zh.convert.quantize import parse_quant_type, quantize_gguf
-from lcpp_zh.convert.sampling import add_recommended_sampling
+from lcpp_zh.convert.sampling import SAMPLING_CHOICES, add_recommended_sampling
 from lcpp_zh.convert.tensor_plan import OUTTYPES, guess_file_type, plan_tensors
 from lcpp_zh.convert.vocab import add_vocab
 from lcpp_zh.errors import ConversionError, TemplateError
@@ -59,12 +59,13 @@ def _file_type(checkpoint: Checkpoint, outtype: str) -> gguf.LlamaFileType:
         raise ConversionError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPE_CHOICES)}") from None
 
 
-def _add_general_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint) -> None:
+def _add_general_metadata(writer: gguf.GGUFWriter, checkpoint: Checkpoint, sampling: str = "auto") -> None:
     """general.* keys, from the model card and folder name, through gguf-py's Metadata as upstream does;
     general.sampling.* from generation_config.json the same way, or FlagAlpha's recommended settings."""
     total_params, shared, experts, expert_count = writer.get_total_parameter_count()
     metadata = gguf.Metadata.load(None, checkpoint.directory, None, total_params)
-    add_recommended_sampling(metadata, model_family(checkpoint))
+    if sampling == "auto":
+        add_recommended_sampling(metadata, model_family(checkpoint))
     if checkpoint.display_name:
         metadata.name = checkpoint.display_name
     if metadata.name is None:
@@ -87,9 +88,11 @@ def _check_free_space(destination: Path, needed: int) -> None:
 
 def write_model(checkpoint: Checkpoint, destination: Path, file_type: gguf.LlamaFileType,
                 chat_template: str | None, replace_template: bool = False,
-                progress: Progress | None = None, merge: LoraMerge | None = None) -> Path:
+                progress: Progress | None = None, merge: LoraMerge | None = None, *, sampling: str = "auto") -> Path:
     """The checkpoint as one GGUF file of `file_type`, written atomically; with `merge`, the checkpoint as
-    LoRA adapters change it (their deltas added row block by row block, their tokenizer if they bring one)."""
+    LoRA adapters change it (their deltas added row block by row block, their tokenizer if they bring one).
+    `sampling`: "auto" adds FlagAlpha's recommended settings to an Atom / Llama2-Chinese checkpoint that has
+    none, "checkpoint" writes only the checkpoint's own (llama.cpp's converter's output exactly)."""
     if merge is not None:
         checkpoint = merge.checkpoint
     tensors = plan_tensors(checkpoint.tensors, checkpoint.config, file_type)
@@ -98,7 +101,7 @@ def write_model(checkpoint: Checkpoint, destination: Path, file_type: gguf.Llama
     _check_free_space(destination, sum(t.nbytes for t in tensors))
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     register_tensors(writer, tensors)
-    _add_general_metadata(writer, checkpoint)
+    _add_general_metadata(writer, checkpoint, sampling)
     add_hparams(writer, checkpoint.config, file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     tokenizer_dir = merge.tokenizer_dir if merge is not None else checkpoint.directory
@@ -110,10 +113,13 @@ def write_model(checkpoint: Checkpoint, destination: Path, file_type: gguf.Llama
 
 def convert_checkpoint(source: str | Path, destination: str | Path, *, outtype: str = "auto",
                        quant: str | None = None, template: str | None = None,
-                       progress: Progress | None = None, loras: Sequence[tuple[str | Path, float]] = ()) -> Path:
+                       progress: Progress | None = None, loras: Sequence[tuple[str | Path, float]] = (),
+                       sampling: str = "auto") -> Path:
     """Convert `source` (a model folder or hub repo id) to `destination`; with `quant`, the file written is
     the quantized model and the unquantized intermediate is removed; `loras` are (PEFT adapter folder, scale)
-    pairs merged into the weights. Returns the path written."""
+    pairs merged into the weights; `sampling` as write_model's. Returns the path written."""
+    if sampling not in SAMPLING_CHOICES:
+        raise ConversionError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLING_CHOICES)}")
     destination = Path(destination)
     check_writable(destination)
     quant_type = parse_quant_type(quant) if quant else None
@@ -124,10 +130,11 @@ def convert_checkpoint(source: str | Path, destination: str | Path, *, outtype: 
     chat_template = choose_template(checkpoint, template)
     replace = template not in (None, "none")
     if quant_type is None:
-        return write_model(checkpoint, destination, file_type, chat_template, replace, progress, merge)
+        return write_model(checkpoint, destination, file_type, chat_template, replace, progress, merge,
+                           sampling=sampling)
     intermediate = destination.with_name(f".{destination.stem}.unquantized.gguf")
     try:
-        write_model(checkpoint, intermediate, file_type, chat_template, replace, progress, merge)
+        write_model(checkpoint, intermediate, file_type, chat_template, replace, progress, merge, sampling=sampling)
         return quantize_gguf(intermediate, destination, quant_type)
     finally:
         intermediate.unlink(missing_ok=True)

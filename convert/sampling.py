@@ -29,6 +29,9 @@ FLAGALPHA_SAMPLING: dict[str, int | float] = {
     "sampling_penalty_repeat": 1.3,
 }
 
+# convert's --sampling: auto adds RECOMMENDED_SAMPLING where the checkpoint has none; checkpoint never does.
+SAMPLING_CHOICES = ("auto", "checkpoint")
+
 # The template family (lcpp_zh.convert.chat_templates.detect_template_name) whose sampling we know.
 RECOMMENDED_SAMPLING: dict[str, dict[str, int | float]] = {"llama2-chinese": FLAGALPHA_SAMPLING}
 

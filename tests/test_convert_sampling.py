@@ -179,3 +179,16 @@ def test_llama_server_takes_them_as_defaults(tiny_zh_gguf):
     params = props["default_generation_settings"]["params"]
     assert (params["top_k"], params["top_p"], params["temperature"], params["repeat_penalty"]) == (
         50, pytest.approx(0.95), pytest.approx(0.3), pytest.approx(1.3))
+
+
+def test_sampling_checkpoint_adds_nothing(run_cli, tiny_zh_hf, tmp_path):
+    """`convert --sampling checkpoint`: only generation_config.json's settings (none here), as llama.cpp's."""
+    out = tmp_path / "plain.gguf"
+    proc = run_cli("convert", tiny_zh_hf, "-o", out, "--outtype", "f16", "--sampling", "checkpoint", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert _sampling_kv(out) == {}
+    from lcpp_zh.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="unknown sampling 'seed'"):
+        convert_checkpoint(tiny_zh_hf, tmp_path / "x.gguf", sampling="seed")
+    assert not (tmp_path / "x.gguf").exists()

@@ -28,6 +28,7 @@ from page_harness import (
     set_field,
     wait_idle,
 )
+from playwright.sync_api import expect
 from server_harness import start_server
 
 pytestmark = pytest.mark.slow
@@ -123,7 +124,7 @@ def test_page_and_its_libraries_come_from_the_server(server):
 def test_rich_answer_streams_renders_reloads_and_moves_to_a_phone(pages, tmp_path):
     desk = pages()
     page = desk.page
-    assert page.locator("#model-list .state").first.inner_text() == "就绪"
+    expect(page.locator("#model-list .state").first).to_have_text("就绪")
     assert page.locator("#lora-section").is_hidden()  # this model has no LoRA adapters
     set_field(page, "#grammar", literal_grammar(RICH_ANSWER))
     set_field(page, "#max_tokens", "600")
@@ -133,12 +134,12 @@ def test_rich_answer_streams_renders_reloads_and_moves_to_a_phone(pages, tmp_pat
 
     answer = page.locator(".msg.assistant").last
     assert answer.locator("table tr").count() == 3
-    assert answer.locator("th").first.inner_text() == "模型"
+    expect(answer.locator("th").first).to_have_text("模型")
     assert "笔记本也能跑" in answer.locator("blockquote").inner_text()
     assert answer.locator(".katex").count() == 2 and answer.locator(".katex-display").count() == 1
-    assert answer.locator("ol > li").count() == 2 and answer.locator("ol ul > li").inner_text() == "推荐 Q4_K_M"
+    expect(answer.locator("ol > li").count() == 2 and answer.locator("ol ul > li")).to_have_text("推荐 Q4_K_M")
     code = answer.locator(".code-block code.language-python")
-    assert code.locator(".hljs-keyword").first.inner_text() == "def"
+    expect(code.locator(".hljs-keyword").first).to_have_text("def")
     assert "每秒 token 数" in code.locator(".hljs-comment").inner_text()
     # Only the growing block was re-rendered while streaming: the first one stayed the same element.
     assert page.evaluate("window.__blocksSeen") >= 3
@@ -159,7 +160,7 @@ def test_rich_answer_streams_renders_reloads_and_moves_to_a_phone(pages, tmp_pat
     page.wait_for_selector(".msg.assistant .katex")
     assert page.locator(".msg.user .content").inner_text() == QUESTION
     assert page.locator("#chat-list .title").first.inner_text() == QUESTION[:40]
-    assert page.locator("#max_tokens").input_value() == "600"
+    expect(page.locator("#max_tokens")).to_have_value("600")
     assert page.locator("#grammar").input_value() == literal_grammar(RICH_ANSWER)
     with page.expect_download() as download:
         page.click("#export-chats")
@@ -235,10 +236,10 @@ def test_stop_regenerate_edit_and_delete(pages):
     answer.locator(".act-regenerate").click()
     wait_idle(page)
     assert re.fullmatch("长江东流[一二三]", answer.locator(".content").inner_text())
-    assert answer.locator(".versions").inner_text() == "2/2"
+    expect(answer.locator(".versions")).to_have_text("2/2")
     answer.locator(".act-previous").click()
     assert page.locator(".msg.assistant .content").inner_text() == stopped
-    assert page.locator(".msg.assistant .versions").inner_text() == "1/2"
+    expect(page.locator(".msg.assistant .versions")).to_have_text("1/2")
 
     # Editing the question resends it: the old answer goes, a new one comes.
     question = page.locator(".msg.user").first
@@ -248,9 +249,9 @@ def test_stop_regenerate_edit_and_delete(pages):
     page.click(".msg.user button.primary")
     wait_idle(page)
     assert page.locator(".msg").count() == 2
-    assert page.locator(".msg.user .content").inner_text() == "写一首关于黄河的诗。"
+    expect(page.locator(".msg.user .content")).to_have_text("写一首关于黄河的诗。")
     assert page.locator(".msg.assistant .versions").count() == 0
-    assert page.locator("#chat-list .title").first.inner_text() == "写一首关于黄河的诗。"
+    expect(page.locator("#chat-list .title").first).to_have_text("写一首关于黄河的诗。")
 
     answer = page.locator(".msg.assistant").last
     answer.hover()

@@ -97,7 +97,7 @@ def test_chats_new_switch_search_rename_delete(pages):
     expect_titles(page, ["第二个问题", "第一个问题"])
 
     page.locator("#chat-list .chat-item", has_text="第一个问题").locator(".open").click()
-    assert page.locator(".msg.assistant .content").inner_text() == "第一个回答"
+    expect(page.locator(".msg.assistant .content")).to_have_text("第一个回答")
     page.fill("#chat-search", "第二个回")  # matches the answer text, not only titles
     expect_titles(page, ["第二个问题"])
     page.fill("#chat-search", "")
@@ -114,14 +114,14 @@ def test_chats_new_switch_search_rename_delete(pages):
     page.reload()
     page.wait_for_selector(".msg.assistant")
     expect_titles(page, ["北京之旅"])
-    assert page.locator(".msg.user .content").inner_text() == "第一个问题"
+    expect(page.locator(".msg.user .content")).to_have_text("第一个问题")
 
 
 def test_characters_presets_template_and_language(pages):
     watch = pages(locale="en-US")
     page = watch.page
     assert page.evaluate("document.documentElement.lang") == "en"
-    assert page.locator("#send").inner_text() == "Send"
+    expect(page.locator("#send")).to_have_text("Send")
     labels = page.evaluate("""() => ['.modes', '#status', '#chats', '#settings', '#composer']
         .map((s) => document.querySelector(s).innerText).join(' ') + document.querySelector('#input').placeholder""")
     assert not CJK.search(labels), labels  # one language at a time (the 中 button aside)
@@ -135,18 +135,18 @@ def test_characters_presets_template_and_language(pages):
     page.fill("#char-greeting", "你好，我是{{char}}。")
     page.click("#character-form button[value=ok]")
     greeting = page.locator(".msg.assistant").first
-    assert greeting.locator(".content").inner_text() == "你好，我是李白。"
-    assert greeting.locator(".name").inner_text() == "李白" and greeting.locator(".avatar").inner_text() == "诗"
+    expect(greeting.locator(".content")).to_have_text("你好，我是李白。")
+    expect(greeting.locator(".name").inner_text() == "李白" and greeting.locator(".avatar")).to_have_text("诗")
 
     # Presets: a built-in one fills the fields; an edited one is saved under the user's name.
     page.select_option("#preset", "precise")
     assert [page.locator(f"#{f}").input_value() for f in ("temperature", "top_p", "top_k", "repeat_penalty")] == \
         ["0.7", "0.1", "40", "1.18"]
     set_field(page, "#temperature", "0.5")
-    assert page.locator("#preset option:checked").inner_text() == "Precise *"  # changed since picked
+    expect(page.locator("#preset option:checked")).to_have_text("Precise *")  # changed since picked
     page.click("#preset-save")
     ask_ok(page, "Poet")
-    assert page.locator("#preset option:checked").inner_text() == "Poet"
+    expect(page.locator("#preset option:checked")).to_have_text("Poet")
     page.select_option("#template", "chatml")
     page.locator("#template").dispatch_event("change")
 
@@ -158,19 +158,19 @@ def test_characters_presets_template_and_language(pages):
                                 {"role": "assistant", "content": "你好，我是李白。"},
                                 {"role": "user", "content": "Hello"}]
     assert body["temperature"] == 0.5 and body["top_p"] == 0.1 and body["template"] == "chatml"
-    assert page.locator(".msg.assistant .content").last.inner_text() == "床前明月光"
+    expect(page.locator(".msg.assistant .content").last).to_have_text("床前明月光")
 
     # The language button switches every label, and the choice outlives a reload (the browser says English).
     page.click("#lang")
-    assert page.locator("#send").inner_text() == "发送"
+    expect(page.locator("#send")).to_have_text("发送")
     assert page.evaluate("document.documentElement.lang") == "zh-CN"
     page.reload()
     page.wait_for_selector(".msg.assistant")
-    assert page.locator("#send").inner_text() == "发送"
-    assert page.locator("#character option:checked").inner_text() == "李白"
-    assert page.locator("#preset option:checked").inner_text() == "Poet"
-    assert page.locator("#temperature").input_value() == "0.5"
-    assert page.locator("#template").input_value() == "chatml"
+    expect(page.locator("#send")).to_have_text("发送")
+    expect(page.locator("#character option:checked")).to_have_text("李白")
+    expect(page.locator("#preset option:checked")).to_have_text("Poet")
+    expect(page.locator("#temperature")).to_have_value("0.5")
+    expect(page.locator("#template")).to_have_value("chatml")
 
 
 def test_default_and_notebook_modes(pages):
@@ -202,7 +202,7 @@ def test_default_and_notebook_modes(pages):
     page.wait_for_selector("#view-notebook:not([hidden])")
     assert page.locator("#notebook-text").input_value() == text
     page.click("#mode-default")
-    assert page.locator("#default-input").input_value() == "The capital of France is"
+    expect(page.locator("#default-input")).to_have_value("The capital of France is")
 
     phone = pages(viewport=PHONE).page
     phone.click("#mode-default")
@@ -233,6 +233,6 @@ def test_imported_markdown_never_becomes_live_html(pages, tmp_path):
     hrefs = answer.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
     assert hrefs == ["https://example.com"]
     assert answer.locator("a").first.get_attribute("rel") == "noopener noreferrer"
-    assert page.locator(".msg.user .content").inner_text() == "<b>不是粗体</b>"
+    expect(page.locator(".msg.user .content")).to_have_text("<b>不是粗体</b>")
     page.wait_for_timeout(200)
     assert page.evaluate("window.__pwned") is None

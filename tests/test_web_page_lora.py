@@ -9,6 +9,7 @@ import httpx
 import pytest
 from lora_adapters import make_adapter
 from page_harness import launch_browser, open_page, open_settings
+from playwright.sync_api import expect
 from server_harness import start_server
 
 from lcpp_zh.convert.lora_adapter import convert_lora
@@ -35,16 +36,16 @@ def test_lora_scales_are_shown_and_applied(server):
         open_settings(page)
         row = page.locator("#lora-list .lora")
         row.wait_for()
-        assert row.locator("span").inner_text() == "zh-style"
-        assert row.locator("input[type=number]").input_value() == "0.5"
+        expect(row.locator("span")).to_have_text("zh-style")
+        expect(row.locator("input[type=number]")).to_have_value("0.5")
         row.locator("input[type=number]").fill("0.25")
-        assert row.locator("input[type=range]").input_value() == "0.25"
+        expect(row.locator("input[type=range]")).to_have_value("0.25")
         page.click("#lora-apply")
         page.wait_for_selector("#toast:not([hidden])")
         assert [a["scale"] for a in httpx.get(f"{server.url}/v1/lora", timeout=30).json()] == [0.25]
         page.reload()
         page.wait_for_selector("#lora-list .lora")
-        assert page.locator("#lora-list input[type=number]").input_value() == "0.25"
+        expect(page.locator("#lora-list input[type=number]")).to_have_value("0.25")
         page.context.close()
         watch.check()
     finally:

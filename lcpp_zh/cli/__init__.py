@@ -39,9 +39,9 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from lcpp_zh.cli import chat_cmds, convert_cmds, lora_cmds, serve_cmds
+    from lcpp_zh.cli import chat_cmds, convert_cmds, eval_cmds, lora_cmds, serve_cmds
 
-    for module in (convert_cmds, lora_cmds, chat_cmds, serve_cmds):
+    for module in (convert_cmds, lora_cmds, chat_cmds, serve_cmds, eval_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 

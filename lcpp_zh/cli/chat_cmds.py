@@ -56,9 +56,12 @@ def model_options(fn: Callable) -> Callable:
 
 
 def sampling_options(fn: Callable) -> Callable:
-    """Sampling flags; defaults are the seed's Chinese Llama 2 settings."""
+    """Sampling flags; defaults are the model's own (GGUF general.sampling.*), else the seed's Chinese Llama 2
+    settings."""
     options = [
-        click.option("--temperature", type=click.FloatRange(min=0), default=0.3, help="0 = greedy."),
+        click.option("--temperature", type=click.FloatRange(min=0), default=0.3,
+                     help="0 = greedy. Sampling options left out take the model's own values when its GGUF has "
+                          "them (general.sampling.*), else these defaults."),
         click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, help="Nucleus sampling."),
         click.option("--top-k", type=click.IntRange(min=0), default=50, help="0 disables it."),
         click.option("--min-p", type=click.FloatRange(0, 1), default=0.0, help="Minimum relative probability."),
@@ -79,6 +82,22 @@ def sampling_options(fn: Callable) -> Callable:
 
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n",
                   "presence_penalty", "frequency_penalty", "seed", "max_tokens")
+
+
+def _explicit_sampling() -> set[str]:
+    """The sampling options the user gave (the others may take the GGUF's own general.sampling.* values)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {k for k in _SAMPLING_KEYS
+            if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+
+
+def _model_sampling(params, engine, explicit: set[str]):
+    """The model's own sampling settings (GGUF general.sampling.*) for every option left at its default."""
+    from lcpp_zh.runtime.gguf_defaults import apply_model_defaults
+
+    return apply_model_defaults(params, getattr(engine, "metadata", None) or {}, explicit)
 
 
 def _split_kwargs(kwargs: dict):
@@ -148,8 +167,10 @@ def chat(system: str | None, **kwargs) -> None:
     from lcpp_zh.resolve import cache_dir
 
     opts, params, template_file = _split_kwargs(kwargs)
+    explicit = _explicit_sampling()
     template = _template(opts, template_file)
     engine = _open(opts)
+    params = _model_sampling(params, engine, explicit)
     try:
         session = ChatSession(engine, template=template, system=system, params=params)
         repl(session, Terminal(history_path=cache_dir() / "chat_history"))
@@ -178,11 +199,13 @@ def generate(system: str | None, raw: bool, stop: tuple[str, ...], as_json: bool
 
     prompt = kwargs.pop("prompt")
     opts, params, template_file = _split_kwargs(kwargs)
+    explicit = _explicit_sampling()
     if prompt == "-":
         prompt = sys.stdin.read()
     params = params.replace(stop=list(stop))
     template = _template(opts, template_file)
     engine = _open(opts, quiet=as_json)
+    params = _model_sampling(params, engine, explicit)
     try:
         def echo(text: str) -> None:
             sys.stdout.write(text)

@@ -13,6 +13,7 @@ from lcpp_zh.cli.progress import byte_progress, human_size, report_written
 from lcpp_zh.convert.chat_templates import BUILTIN_TEMPLATES
 from lcpp_zh.convert.pipeline import OUTTYPE_CHOICES, convert_checkpoint
 from lcpp_zh.convert.quantize import QuantType, quantize_gguf
+from lcpp_zh.convert.sampling import SAMPLING_CHOICES
 from lcpp_zh.errors import LcppError
 
 QUANT_CHOICES = click.Choice([q.value for q in QuantType], case_sensitive=False)
@@ -30,9 +31,12 @@ TEMPLATE_CHOICES = click.Choice([*BUILTIN_TEMPLATES, "none"])
                    "--help`); the unquantized file is not kept.")
 @click.option("--template", type=TEMPLATE_CHOICES, default=None,
               help="Chat template to embed; default: the model's own, or llama2-chinese for FlagAlpha/Atom.")
+@click.option("--sampling", type=click.Choice(SAMPLING_CHOICES), default="auto",
+              help="general.sampling.* defaults: auto = generation_config.json's, or FlagAlpha's recommended ones "
+                   "for Atom / Llama2-Chinese that have none; checkpoint = generation_config.json's only.")
 @lora_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def convert(source: str, output: Path, outtype: str, quant: str | None, template: str | None,
+def convert(source: str, output: Path, outtype: str, quant: str | None, template: str | None, sampling: str,
             lora: tuple[str, ...], lora_scale: tuple[float, ...], quiet: bool) -> None:
     """Convert a Hugging Face Llama checkpoint (folder or hub repo id) to GGUF.
 
@@ -47,7 +51,7 @@ def convert(source: str, output: Path, outtype: str, quant: str | None, template
     started = time.monotonic()
     with byte_progress("converting", quiet) as progress:
         written = convert_checkpoint(source, output, outtype=outtype, quant=quant, template=template,
-                                     progress=progress, loras=loras)
+                                     progress=progress, loras=loras, sampling=sampling)
     report_written(written, started, quiet)
 
 
@@ -75,7 +79,7 @@ def quantize(source: Path, output: Path, qtype: str, threads: int | None, quiet:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def inspect(path: Path, as_json: bool) -> None:
     """Show what a GGUF file holds: architecture, sizes, vocabulary, tensor types, sampling defaults
-    (general.sampling.*, which chat, generate, serve and llama.cpp's tools start from), chat template."""
+    (general.sampling.*, which llama.cpp's tools take as their defaults), chat template."""
     from lcpp_zh.convert.inspect_gguf import summarize_gguf
 
     summary = summarize_gguf(path)

@@ -88,4 +88,8 @@ def build_sampling(fields: SamplingFields, *, n_prompt: int, n_ctx_slot: int, ex
         kwargs["grammar"] = grammar
     if fields.logit_bias:
         kwargs["logit_bias"] = fields.logit_bias  # ids beyond the vocabulary: the engine's submit refuses them
-    return SamplingParams(**kwargs)
+    # Fields the client left out take the model's own sampling settings (GGUF general.sampling.*), else
+    # the seed's defaults.
+    from lcpp_zh.runtime.gguf_defaults import sampling_defaults
+
+    return sampling_defaults(getattr(engine, "metadata", None) or {}).replace(**kwargs)

@@ -1,0 +1,118 @@
+"""Quality commands: eval (perplexity, and KL divergence against a base model, as llama-perplexity does).
+
+Thin: options here, the measuring in lcpp_zh.eval.perplexity. Figures to stdout (a table, or --json),
+the progress bar to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+
+from lcpp_zh.eval.texts import BUILTIN_TEXTS
+
+
+@contextlib.contextmanager
+def _chunk_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A `progress(stage, done, total)` callback drawing one tqdm bar per stage, or None."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(desc=stage, total=total, unit="chunk", file=sys.stderr, leave=False)
+        bars[stage].update(done - bars[stage].n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _print_table(result: dict, text_label: str) -> None:
+    rows = [("model", result["model"]), ("text", text_label),
+            ("chunks", f"{result['chunks']} of {result['n_ctx']} tokens, {result['tokens_scored']} tokens scored")]
+    kld = result["kld"]
+    if kld is None:
+        rows.append(("PPL", f"{result['ppl']:.4f} ± {result['ppl_error']:.5f}"))
+    else:
+        pct = kld["kld_percentiles"]
+        rows += [
+            ("base", result["base"]),
+            ("PPL(Q)", f"{kld['ppl']:.6f} ± {kld['ppl_error']:.6f}"),
+            ("PPL(base)", f"{kld['ppl_base']:.6f} ± {kld['ppl_base_error']:.6f}"),
+            ("ln(PPL(Q)/base)", f"{kld['ln_ppl_ratio']:.6f} ± {kld['ln_ppl_ratio_error']:.6f}"),
+            ("mean KLD", f"{kld['kld_mean']:.6f} ± {kld['kld_error']:.6f}"),
+            ("KLD percentiles", ", ".join(f"{k} {v:.6f}" for k, v in pct.items())),
+            ("same top token", f"{100 * kld['same_top']:.3f} ± {100 * kld['same_top_error']:.3f} %"),
+            ("RMS Δp", f"{100 * kld['p_diff_rms']:.3f} ± {100 * kld['p_diff_rms_error']:.3f} %"),
+            ("mean Δp", f"{100 * kld['p_diff_mean']:.3f} ± {100 * kld['p_diff_error']:.3f} %"),
+        ]
+    rows.append(("time", f"{result['seconds']:.1f} s ({result['tokens_per_s']:.0f} tokens/s)"))
+    for key, value in rows:
+        click.echo(f"{key:>15}: {value}")
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--base", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="BASE.gguf",
+              help="Also the KL divergence of MODEL from this model (e.g. the F16 that MODEL was quantized from).")
+@click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="UTF-8 text to measure on [default: the built-in --lang text].")
+@click.option("--lang", type=click.Choice(list(BUILTIN_TEXTS)), default="zh",
+              help="Built-in text when no --text: zh (论语 and 诗经), en (World Factbook introductions).")
+@click.option("--ctx", "n_ctx", type=click.IntRange(min=8), default=512,
+              help="Tokens per chunk; the second half of each chunk is scored (llama-perplexity's -c).")
+@click.option("--batch", "n_batch", type=click.IntRange(min=1), default=2048,
+              help="Tokens per decode: batch / ctx chunks side by side (llama-perplexity's -b).")
+@click.option("--chunks", "n_chunks", type=click.IntRange(min=1), default=None,
+              help="At most this many chunks [default: the whole text].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LCPP_ZH_THREADS",
+              help="CPU threads [default: physical cores].")
+@click.option("--gpu-layers", type=click.IntRange(min=0), default=0, help="Layers offloaded to the GPU (999: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def eval_model(model: Path, base: Path | None, text_file: Path | None, lang: str, n_ctx: int, n_batch: int,
+               n_chunks: int | None, threads: int | None, gpu_layers: int, as_json: bool, quiet: bool) -> None:
+    """Perplexity of MODEL.gguf over a text, computed as llama.cpp's llama-perplexity computes it; with
+    --base, the KL-divergence statistics of llama-perplexity --kl-divergence (mean KLD, percentiles,
+    same top token, RMS Δp).
+
+    \b
+    Examples:
+      lcpp-zh eval atom.Q4_K_M.gguf
+      lcpp-zh eval atom.Q4_K_M.gguf --base atom.f16.gguf --json
+      lcpp-zh eval model.gguf --text wiki.test.raw --ctx 512
+    """
+    from lcpp_zh.eval.perplexity import EvalSettings, kl_divergence, perplexity
+    from lcpp_zh.eval.texts import builtin_text, read_text
+
+    if text_file is not None:
+        text, label = read_text(text_file), str(text_file)
+    else:
+        text, label = builtin_text(lang), f"built-in {lang}: {BUILTIN_TEXTS[lang]}"
+    settings = EvalSettings(n_ctx=n_ctx, n_batch=n_batch, n_chunks=n_chunks, n_threads=threads, gpu_layers=gpu_layers)
+    with _chunk_progress(quiet or as_json) as progress:
+        if base is None:
+            result = perplexity(model, text, settings, progress)
+        else:
+            result = kl_divergence(model, base, text, settings, progress)
+    out = result.as_dict()
+    out["text"] = label
+    if as_json:
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+    else:
+        _print_table(out, f"{label} ({len(text):,} characters)")
+
+
+COMMANDS = [eval_model]
