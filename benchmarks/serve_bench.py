@@ -116,7 +116,10 @@ async def one_stream(client: openai.AsyncOpenAI, prompt: str, max_tokens: int, c
     try:
         stream = await client.chat.completions.create(
             model="bench", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-            temperature=0.7, top_p=0.95, seed=1, stream=True, logit_bias=no_end)
+            temperature=0.7, top_p=0.95, seed=1, stream=True, logit_bias=no_end,
+            # The same sampling on every server: their defaults differ (lcpp-zh's are the seed's, with a
+            # repetition penalty of 1.3; llama-server's top_k is 40 and its penalty off).
+            extra_body={"top_k": 40, "repeat_penalty": 1.0})
         async for chunk in stream:
             for choice in chunk.choices:
                 if choice.delta.content:
