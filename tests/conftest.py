@@ -153,3 +153,33 @@ def chat_env(tmp_path):
     env = dict(os.environ, LCPP_ZH_CACHE=str(tmp_path / "cache"), PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
     env.pop("LCPP_ZH_DEBUG", None)
     return env
+
+
+# The web page tests' browser and pages; each page test module provides its own `server` fixture.
+@pytest.fixture(scope="module")
+def browser():
+    from page_harness import launch_browser
+
+    pw, chromium = launch_browser()
+    yield chromium
+    chromium.close()
+    pw.stop()
+
+
+@pytest.fixture
+def pages(browser, server):
+    """Factory of watched pages on the module's server; each is checked (no errors) when the test ends."""
+    from page_harness import open_page
+
+    opened = []
+
+    def make(**kwargs):
+        watch = open_page(browser, server.url, **kwargs)
+        opened.append(watch)
+        return watch
+
+    yield make
+    for watch in opened:
+        watch.page.context.close()
+    for watch in opened:
+        watch.check()

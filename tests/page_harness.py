@@ -142,3 +142,4 @@ def save_screenshot(page: Any, tmp_path: Path, name: str) -> Path:
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(target) / name)
     return path
+

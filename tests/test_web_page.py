@@ -19,7 +19,6 @@ from page_harness import (
     ENDLESS_CHINESE,
     PHONE,
     SMALL_PHONE,
-    launch_browser,
     literal_grammar,
     open_page,
     open_settings,
@@ -79,29 +78,8 @@ def server(smollm2_gguf, tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    pw, chromium = launch_browser()
-    yield chromium
-    chromium.close()
-    pw.stop()
 
 
-@pytest.fixture
-def pages(browser, server):
-    """Factory of watched pages on the module's server; each is checked (no errors) when the test ends."""
-    opened = []
-
-    def make(**kwargs):
-        watch = open_page(browser, server.url, **kwargs)
-        opened.append(watch)
-        return watch
-
-    yield make
-    for watch in opened:
-        watch.page.context.close()
-    for watch in opened:
-        watch.check()
 
 
 def test_page_and_its_libraries_come_from_the_server(server):

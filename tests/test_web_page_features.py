@@ -13,9 +13,7 @@ import pytest
 from page_harness import (
     PHONE,
     close_drawers,
-    launch_browser,
     literal_grammar,
-    open_page,
     open_settings,
     send,
     set_field,
@@ -37,28 +35,8 @@ def server(smollm2_gguf, tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    pw, chromium = launch_browser()
-    yield chromium
-    chromium.close()
-    pw.stop()
 
 
-@pytest.fixture
-def pages(browser, server):
-    opened = []
-
-    def make(**kwargs):
-        watch = open_page(browser, server.url, **kwargs)
-        opened.append(watch)
-        return watch
-
-    yield make
-    for watch in opened:
-        watch.page.context.close()
-    for watch in opened:
-        watch.check()
 
 
 def answer_with(page, text: str) -> None:

@@ -131,6 +131,16 @@ class VocabularyFront:
 
     _model: LlamaModel
 
+    def _describe_model(self) -> None:
+        """The model facts the fronts read: GGUF metadata, chat template, special ids, sizes."""
+        self.model_path = self._model.path
+        self.metadata = self._model.metadata()
+        self.chat_template = self._model.chat_template()
+        self.bos_id, self.eos_id, self.eot_id = self._model.bos_id, self._model.eos_id, self._model.eot_id
+        self.add_bos = self._model.add_bos
+        self.n_vocab = self._model.n_vocab
+        self.n_layer = self._model.n_layer
+
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
         """Token ids; with special=True `<s>`/`</s>` texts are the control tokens. Never a doubled BOS."""
         return self._model.tokenize(text, add_bos=add_bos, special=special)
@@ -184,12 +194,7 @@ class Engine(VocabularyFront):
         except BaseException:
             self._model.close()
             raise
-        self.metadata = self._model.metadata()
-        self.chat_template = self._model.chat_template()
-        self.bos_id, self.eos_id, self.eot_id = self._model.bos_id, self._model.eos_id, self._model.eot_id
-        self.add_bos = self._model.add_bos
-        self.n_vocab = self._model.n_vocab
-        self.n_layer = self._model.n_layer
+        self._describe_model()
         self._embed_enabled = embeddings
         self._embed_ctx: LlamaContext | None = None
         self._embed_lock = threading.Lock()

@@ -112,13 +112,7 @@ class RunnerClient(VocabularyFront):
         self.alias = alias or config.model_path
         self.on_restart = on_restart  # the server's metrics count restarts
         self._model = LlamaModel(config.model_path, vocab_only=True)
-        self.model_path = self._model.path
-        self.metadata = self._model.metadata()
-        self.chat_template = self._model.chat_template()
-        self.bos_id, self.eos_id, self.eot_id = self._model.bos_id, self._model.eos_id, self._model.eot_id
-        self.add_bos = self._model.add_bos
-        self.n_vocab = self._model.n_vocab
-        self.n_layer = self._model.n_layer
+        self._describe_model()
         self.state = "loading"
         self.error: str | None = None
         self.restarts = 0
