@@ -56,6 +56,18 @@ def stream_lines(server, body: dict, started: threading.Event, lines: list[str])
                 started.set()
 
 
+def start_stream(server, content: str, max_tokens: int) -> tuple[threading.Thread, list[str]]:
+    """A streamed chat request (end tokens banned, so it runs to max_tokens) read by a thread; returns once
+    its first chunk has arrived, with the thread and the SSE lines read so far."""
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "logit_bias": banned_end_tokens(server)}
+    started, lines = threading.Event(), []
+    reader = threading.Thread(target=stream_lines, args=(server, body, started, lines), daemon=True)
+    reader.start()
+    assert started.wait(60), "no first chunk"
+    return reader, lines
+
+
 @pytest.fixture(scope="module")
 def server(smollm2_gguf, tmp_path_factory):
     srv = start_server([str(smollm2_gguf), "--parallel", "2", "--ctx", "1024", "--threads", "2",
@@ -75,12 +87,7 @@ def test_health_names_each_model_and_its_runner(server):
 @pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGABRT, signal.SIGKILL])
 def test_a_dying_runner_ends_its_streams_and_comes_back(server, sig):
     restarts_before = server.metric("lcpp_zh_runner_restarts_total", f'model="{alias_of(server)}"')
-    body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400,
-            "logit_bias": banned_end_tokens(server)}
-    started, lines = threading.Event(), []
-    reader = threading.Thread(target=stream_lines, args=(server, body, started, lines))
-    reader.start()
-    assert started.wait(60)
+    reader, lines = start_stream(server, "Tell me a long story.", 400)
     time.sleep(0.3)
     (pid,) = runner_pids(server)
     t0 = time.monotonic()
@@ -154,12 +161,7 @@ def test_a_runner_that_cannot_load_again_is_reported_once(smollm2_gguf, tmp_path
 def test_sigterm_lets_a_stream_finish_then_exits_zero(smollm2_gguf, tmp_path):
     srv = start_server([str(smollm2_gguf), "--parallel", "1", "--ctx", "512", "--threads", "2", "--no-embeddings",
                         "--shutdown-timeout", "120"], tmp_path)  # room for a busy test machine
-    body = {"messages": [{"role": "user", "content": "Write a poem."}], "max_tokens": 24,
-            "logit_bias": banned_end_tokens(srv)}
-    started, lines = threading.Event(), []
-    reader = threading.Thread(target=stream_lines, args=(srv, body, started, lines))
-    reader.start()
-    assert started.wait(60)
+    reader, lines = start_stream(srv, "Write a poem.", 24)
     runners = runner_pids(srv)
     srv.process.send_signal(signal.SIGTERM)
     assert srv.process.wait(timeout=30) == 0
@@ -176,12 +178,7 @@ def test_sigterm_lets_a_stream_finish_then_exits_zero(smollm2_gguf, tmp_path):
 def test_shutdown_timeout_cuts_what_runs_too_long(smollm2_gguf, tmp_path):
     srv = start_server([str(smollm2_gguf), "--parallel", "1", "--ctx", "1024", "--threads", "2", "--no-embeddings",
                         "--shutdown-timeout", "1"], tmp_path)
-    body = {"messages": [{"role": "user", "content": "Write a long essay."}], "max_tokens": 900,
-            "logit_bias": banned_end_tokens(srv)}
-    started, lines = threading.Event(), []
-    reader = threading.Thread(target=stream_lines, args=(srv, body, started, lines), daemon=True)
-    reader.start()
-    assert started.wait(60)
+    reader, lines = start_stream(srv, "Write a long essay.", 900)
     t0 = time.monotonic()
     srv.process.send_signal(signal.SIGINT)
     assert srv.process.wait(timeout=30) == 0

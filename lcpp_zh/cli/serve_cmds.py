@@ -155,10 +155,6 @@ def serve(models: tuple[str, ...], model_paths: tuple[str, ...], model_source: s
     n_ctx = model_opts["n_ctx"]
     if n_ctx < 16 * parallel:
         raise LcppError(f"--ctx {n_ctx} is too small for {parallel} slots: give at least {16 * parallel}")
-    if n_batch < parallel:
-        # Each generating slot adds a token to every batch; a smaller batch aborts inside llama.cpp.
-        logger.warning("--batch %d raised to --parallel %d: every slot needs room in each batch", n_batch, parallel)
-        n_batch = parallel
     template = _chosen_template(model_opts["template"], model_opts["template_file"], model_source)
     settings = ServeSettings(n_ctx=n_ctx, n_parallel=parallel, n_threads=model_opts["threads"], n_batch=n_batch,
                              max_queue=max_queue, gpu_layers=model_opts["gpu_layers"], gpus=model_opts["gpus"],

@@ -23,7 +23,7 @@ from lcpp_zh.runtime.llama_api import Batch, LlamaContext, LlamaModel, SpecialTo
 from lcpp_zh.runtime.logit_edits import LogitEdits
 from lcpp_zh.runtime.sampling import CandidateSampler, SamplingParams, build_chain
 from lcpp_zh.runtime.scheduler import QueueFull, Scheduler
-from lcpp_zh.runtime.slots import Request
+from lcpp_zh.runtime.slots import Request, check_request
 from lcpp_zh.runtime.stream import Event, Finished, Stream, TextDelta
 from lcpp_zh.runtime.utf8_mask import Utf8Guard, Utf8Table
 
@@ -230,12 +230,8 @@ class Engine(VocabularyFront):
         if not self._thread.is_alive():
             raise EngineError("the engine thread has stopped after a failure; restart the model")
         tokens = [int(t) for t in prompt_tokens]
-        if any(t < 0 or t >= self.n_vocab for t in tokens):
-            raise EngineError(f"prompt token ids must lie in [0, {self.n_vocab})")
         params = params or SamplingParams()
-        outside = [t for t in params.logit_bias if t >= self.n_vocab]
-        if outside:
-            raise EngineError(f"logit_bias: token {outside[0]} is not in the vocabulary (ids 0 to {self.n_vocab - 1})")
+        check_request(tokens, params, n_ctx_slot=self.n_ctx_slot, n_vocab=self.n_vocab)
         stream = stream if stream is not None else Stream()
         self._scheduler.submit(Request(tokens, params, stream, cache_key))
         return stream

@@ -28,6 +28,7 @@ from lcpp_zh.runtime.llama_api import LlamaModel
 from lcpp_zh.runtime.runner_protocol import RunnerConfig, decode, describe_exit, encode, event_from_wire
 from lcpp_zh.runtime.sampling import SamplingParams
 from lcpp_zh.runtime.scheduler import QueueFull
+from lcpp_zh.runtime.slots import check_request
 from lcpp_zh.runtime.stream import Finished, Stream
 
 logger = logging.getLogger(__name__)
@@ -266,17 +267,8 @@ class RunnerClient(VocabularyFront):
         if self.state != "ready":
             raise EngineUnavailable(self.unavailable_reason())
         tokens = [int(t) for t in prompt_tokens]
-        if not tokens:
-            raise EngineError("empty prompt: nothing to continue from")
-        if any(t < 0 or t >= self.n_vocab for t in tokens):
-            raise EngineError(f"prompt token ids must lie in [0, {self.n_vocab})")
-        if len(tokens) >= self.n_ctx_slot:
-            raise EngineError(f"prompt of {len(tokens)} tokens does not fit the context of "
-                              f"{self.n_ctx_slot} tokens per slot; raise --ctx or shorten the prompt")
         params = params or SamplingParams()
-        outside = [t for t in params.logit_bias if t >= self.n_vocab]
-        if outside:
-            raise EngineError(f"logit_bias: token {outside[0]} is not in the vocabulary (ids 0 to {self.n_vocab - 1})")
+        check_request(tokens, params, n_ctx_slot=self.n_ctx_slot, n_vocab=self.n_vocab)
         with self._lock:
             if len(self._streams) >= self.n_parallel + self.config.max_queue:
                 raise QueueFull(f"server busy: {len(self._streams) - self.n_parallel} requests waiting; retry later")

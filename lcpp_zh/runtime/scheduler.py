@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from lcpp_zh.errors import EngineError
-from lcpp_zh.runtime.slots import Request, Slot, common_prefix
+from lcpp_zh.runtime.slots import Request, Slot, check_request, common_prefix
 from lcpp_zh.runtime.stream import Finished
 
 logger = logging.getLogger(__name__)
@@ -81,11 +81,7 @@ class Scheduler:
 
     # --- any thread ---
     def submit(self, req: Request) -> None:
-        if not req.tokens:
-            raise EngineError("empty prompt: nothing to continue from")
-        if len(req.tokens) >= self.n_ctx_slot:
-            raise EngineError(f"prompt of {len(req.tokens)} tokens does not fit the context of "
-                              f"{self.n_ctx_slot} tokens per slot; raise --ctx or shorten the prompt")
+        check_request(req.tokens, req.params, n_ctx_slot=self.n_ctx_slot)
         with self.cond:
             if self.closing:
                 raise EngineError("the engine is closed")

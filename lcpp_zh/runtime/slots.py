@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lcpp_zh.errors import EngineError
 from lcpp_zh.runtime.detokenizer import IncrementalDetokenizer, StopMatcher
 from lcpp_zh.runtime.sampling import SamplingParams
 from lcpp_zh.runtime.stream import Finished, Stream, TextDelta
@@ -30,6 +31,24 @@ class Request:
     stream: Stream
     cache_key: str | None = None
     t_submit: float = field(default_factory=time.perf_counter)
+
+
+def check_request(tokens: list[int], params: SamplingParams, *, n_ctx_slot: int, n_vocab: int | None = None) -> None:
+    """EngineError for a request no slot can serve: an empty prompt, one that leaves no room in a slot's
+    context, or (given the vocabulary size) token ids or logit_bias ids outside the vocabulary. The one
+    check behind Engine.submit, the scheduler and the server's runner client."""
+    if not tokens:
+        raise EngineError("empty prompt: nothing to continue from")
+    if len(tokens) >= n_ctx_slot:
+        raise EngineError(f"prompt of {len(tokens)} tokens does not fit the context of "
+                          f"{n_ctx_slot} tokens per slot; raise --ctx or shorten the prompt")
+    if n_vocab is None:
+        return
+    if any(t < 0 or t >= n_vocab for t in tokens):
+        raise EngineError(f"prompt token ids must lie in [0, {n_vocab})")
+    outside = [t for t in params.logit_bias if t >= n_vocab]
+    if outside:
+        raise EngineError(f"logit_bias: token {outside[0]} is not in the vocabulary (ids 0 to {n_vocab - 1})")
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
