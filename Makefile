@@ -4,9 +4,22 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# CUDA=1 builds llama-cpp-python with the CUDA backend (needs nvcc); the default build is CPU-only.
+# GPU=cuda|metal|vulkan|hip builds llama-cpp-python with that backend of llama.cpp (CUDA=1 is GPU=cuda);
+# without it the build is CPU-only, except on macOS where Metal is llama.cpp's own default.
+# Every build carries llama.cpp's RPC backend (-DGGML_RPC=on): `lcpp-zh worker` and `--rpc` need it.
+# The backend chosen last is kept ($(VENV)/.build-flags), so a later `make test` does not rebuild it away.
 CUDA ?=
-CMAKE_ARGS_CUDA := $(if $(CUDA),-DGGML_CUDA=on,)
+GPU ?= $(if $(CUDA),cuda,$(shell sed -n 's/^GPU=\([a-z]*\).*/\1/p' $(VENV)/.build-flags 2>/dev/null))
+GPU_CMAKE_cuda := -DGGML_CUDA=on
+GPU_CMAKE_metal := -DGGML_METAL=on
+GPU_CMAKE_vulkan := -DGGML_VULKAN=on
+GPU_CMAKE_hip := -DGGML_HIP=on
+ifneq ($(GPU),)
+ifeq ($(GPU_CMAKE_$(GPU)),)
+$(error GPU=$(GPU): choose cuda, metal, vulkan or hip)
+endif
+endif
+CMAKE_ARGS_BACKENDS := -DGGML_RPC=on $(GPU_CMAKE_$(GPU))
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 # llama.cpp builds for the CPU it compiles on (-march=native). On a CPU with AMX whose kernel or hypervisor
 # does not grant the AMX tile state (virtual machines, sandboxes), ggml's AMX kernels fault with a general
@@ -25,19 +38,28 @@ help:
 	@echo "make demo     - offline demo: build a tiny Chinese Llama, convert, quantize, verify, chat"
 	@echo "make test     - install everything and run the test suite"
 	@echo "make convert MODEL=<dir or repo id> [QUANT=Q4_K_M] - convert and quantize a checkpoint"
-	@echo "make install [CUDA=1] [AMX=1] - create $(VENV) with lcpp-zh installed (editable)"
+	@echo "make install [GPU=cuda|metal|vulkan|hip] [AMX=1] - create $(VENV) with lcpp-zh installed (editable)"
 	@echo "make tools    - build llama.cpp's own llama-server, llama-bench, ... for comparisons"
 	@echo "make bench    - run the benchmarks in benchmarks/"
 	@echo "make lint     - ruff"
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Rebuilt when the build flags change (another GPU backend, AMX=1), not only when pyproject.toml does.
+BUILD_FLAGS := GPU=$(GPU) AMX=$(AMX) RPC=on CMAKE_ARGS=$(CMAKE_ARGS)
+FLAGS_FILE := $(VENV)/.build-flags
+$(FLAGS_FILE): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(BUILD_FLAGS)' | cmp -s - $@ || echo '$(BUILD_FLAGS)' > $@
+
+FORCE:
+
+$(STAMP): pyproject.toml $(FLAGS_FILE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# Built without pip's wheel cache: a cached wheel would ignore changed build flags (CUDA=1, AMX=1).
-	CMAKE_ARGS="$(CMAKE_ARGS_CUDA) $(CMAKE_ARGS)" CFLAGS="$(NO_AMX_FLAGS) $(CFLAGS)" CXXFLAGS="$(NO_AMX_FLAGS) $(CXXFLAGS)" \
-	  $(PY) -m pip install --no-cache-dir '$(LLAMA_CPP_PYTHON)'
+	@# Built without pip's wheel cache and reinstalled: a cached or installed build would ignore changed flags.
+	CMAKE_ARGS="$(CMAKE_ARGS_BACKENDS) $(CMAKE_ARGS)" CFLAGS="$(NO_AMX_FLAGS) $(CFLAGS)" CXXFLAGS="$(NO_AMX_FLAGS) $(CXXFLAGS)" \
+	  $(PY) -m pip install --no-cache-dir --force-reinstall --no-deps '$(LLAMA_CPP_PYTHON)'
 	$(PY) -m pip install -e '.[test]'
 	$(PY) scripts/install_gguf_py.py
 	touch $@
