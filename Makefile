@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # Every build carries llama.cpp's RPC backend (-DGGML_RPC=on): `lcpp-zh worker` and `--rpc` need it.
 # The backend chosen last is kept ($(VENV)/.build-flags), so a later `make test` does not rebuild it away.
 CUDA ?=
-GPU ?= $(if $(CUDA),cuda,$(shell sed -n 's/^GPU=\([a-z]*\).*/\1/p' $(VENV)/.build-flags 2>/dev/null))
+GPU ?= $(if $(CUDA),cuda,$(shell sed -n 's/.* GPU=\([a-z]*\) .*/\1/p' $(VENV)/.build-flags 2>/dev/null))
 GPU_CMAKE_cuda := -DGGML_CUDA=on
 GPU_CMAKE_metal := -DGGML_METAL=on
 GPU_CMAKE_vulkan := -DGGML_VULKAN=on
@@ -32,7 +32,7 @@ QUANT ?= Q4_K_M
 OUTTYPE ?= auto
 OUT ?= out
 
-.PHONY: install demo test convert serve bench tools lint clean help
+.PHONY: install demo test convert serve bench tools gpu-check lint clean help
 
 help:
 	@echo "make demo     - offline demo: build a tiny Chinese Llama, convert, quantize, verify, chat"
@@ -41,25 +41,31 @@ help:
 	@echo "make install [GPU=cuda|metal|vulkan|hip] [AMX=1] - create $(VENV) with lcpp-zh installed (editable)"
 	@echo "make tools    - build llama.cpp's own llama-server, llama-bench, ... for comparisons"
 	@echo "make bench    - run the benchmarks in benchmarks/"
+	@echo "make gpu-check - NVIDIA GPU: CUDA build for this card, GPU tests, tg128 vs llama-bench (exits 0 without a GPU)"
 	@echo "make lint     - ruff"
 
 install: $(STAMP)
 
-# Rebuilt when the build flags change (another GPU backend, AMX=1), not only when pyproject.toml does.
-BUILD_FLAGS := GPU=$(GPU) AMX=$(AMX) RPC=on CMAKE_ARGS=$(CMAKE_ARGS)
+# llama-cpp-python is rebuilt only when its build flags change (another GPU backend, AMX=1, another version),
+# not for every pyproject.toml change: the build takes minutes, installing lcpp-zh seconds.
+BUILD_FLAGS := $(LLAMA_CPP_PYTHON) GPU=$(GPU) AMX=$(AMX) RPC=on CMAKE_ARGS=$(CMAKE_ARGS)
 FLAGS_FILE := $(VENV)/.build-flags
+LLAMA_STAMP := $(VENV)/.llama-cpp-python-built
 $(FLAGS_FILE): FORCE
 	@mkdir -p $(VENV)
 	@echo '$(BUILD_FLAGS)' | cmp -s - $@ || echo '$(BUILD_FLAGS)' > $@
 
 FORCE:
 
-$(STAMP): pyproject.toml $(FLAGS_FILE)
+$(LLAMA_STAMP): $(FLAGS_FILE)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# Built without pip's wheel cache and reinstalled: a cached or installed build would ignore changed flags.
 	CMAKE_ARGS="$(CMAKE_ARGS_BACKENDS) $(CMAKE_ARGS)" CFLAGS="$(NO_AMX_FLAGS) $(CFLAGS)" CXXFLAGS="$(NO_AMX_FLAGS) $(CXXFLAGS)" \
 	  $(PY) -m pip install --no-cache-dir --force-reinstall --no-deps '$(LLAMA_CPP_PYTHON)'
+	touch $@
+
+$(STAMP): pyproject.toml $(LLAMA_STAMP)
 	$(PY) -m pip install -e '.[test]'
 	$(PY) scripts/install_gguf_py.py
 	touch $@
@@ -85,6 +91,11 @@ TOOLS_DIR_FILE := $(VENV)/.llama-cpp-tools
 tools: install
 	NO_AMX_FLAGS="$(NO_AMX_FLAGS)" PYTHON=$(PY) bash scripts/build-llama-cpp-tools.sh > $(TOOLS_DIR_FILE)
 	@echo "llama.cpp tools in $$(cat $(TOOLS_DIR_FILE))"
+
+# Builds into build/gpu-check (the .venv stays as it is) in a few minutes on 16 cores; see the script.
+# No `install` prerequisite: without a GPU it says so at once instead of first rebuilding the .venv.
+gpu-check:
+	NO_AMX_FLAGS="$(NO_AMX_FLAGS)" PYTHON=$(PY) bash scripts/gpu-check.sh
 
 bench: tools
 	$(PY) -m pip install -q -e '.[bench]'

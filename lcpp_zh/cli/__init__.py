@@ -39,8 +39,17 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 
 
 def _register_commands() -> None:
-    from lcpp_zh.cli import (chat_cmds, convert_cmds, devices_cmds, eval_cmds, imatrix_cmds, lora_cmds,
-                             quants_cmds, serve_cmds, worker_cmds)
+    from lcpp_zh.cli import (
+        chat_cmds,
+        convert_cmds,
+        devices_cmds,
+        eval_cmds,
+        imatrix_cmds,
+        lora_cmds,
+        quants_cmds,
+        serve_cmds,
+        worker_cmds,
+    )
 
     for module in (convert_cmds, lora_cmds, chat_cmds, serve_cmds, eval_cmds, imatrix_cmds, quants_cmds,
                    devices_cmds, worker_cmds):

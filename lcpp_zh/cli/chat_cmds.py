@@ -43,8 +43,15 @@ def model_options(fn: Callable) -> Callable:
         click.option("--gpu-layers", default="auto", envvar="LCPP_ZH_GPU_LAYERS",
                      help="Layers on the GPU: auto (as many as fit), all, or a number; 0 = CPU only."),
         click.option("--gpus", default=None, envvar="LCPP_ZH_GPUS",
-                     help="GPUs to use, e.g. 0,1 (layers split by free memory) [default: all]."),
+                     help="Devices to use by index or name, e.g. 0,1 or CUDA0,RPC0 (`lcpp-zh devices` lists them) "
+                          "[default: all]."),
         click.option("--main-gpu", type=int, default=None, help="GPU for scratch buffers and small tensors."),
+        click.option("--rpc", default=None, envvar="LCPP_ZH_RPC", metavar="HOST:PORT[,HOST:PORT]",
+                     help="llama.cpp RPC workers (`lcpp-zh worker`, ggml-rpc-server): layers are split over them and "
+                          "the local devices by free memory."),
+        click.option("--tensor-split", default=None, metavar="P0,P1,...",
+                     help="Override the automatic split: proportions per device, in the plan's order (llama-server's "
+                          "format)."),
         click.option("--lora", "loras", multiple=True, metavar="ADAPTER.gguf",
                      help="GGUF LoRA adapter applied at runtime (repeatable; `lcpp-zh convert-lora` makes one)."),
         click.option("--lora-scale", "lora_scales", type=float, multiple=True, metavar="SCALE",
@@ -109,6 +116,7 @@ def _split_kwargs(kwargs: dict):
     opts = RuntimeOptions(model=kwargs.pop("model"), quant=kwargs.pop("quant"), infer_dtype=kwargs.pop("infer_dtype"),
                           template=kwargs.pop("template"), n_ctx=kwargs.pop("n_ctx"), n_threads=kwargs.pop("threads"),
                           gpu_layers=kwargs.pop("gpu_layers"), gpus=kwargs.pop("gpus"), main_gpu=kwargs.pop("main_gpu"),
+                          rpc=kwargs.pop("rpc"), tensor_split=kwargs.pop("tensor_split"),
                           loras=pair_loras(kwargs.pop("loras"), kwargs.pop("lora_scales")))
     return opts, params, template_file
 
@@ -125,8 +133,8 @@ def _template(opts, template_file):
 
 
 def _open(opts, quiet: bool = False):
-    """Load the engine; the offload plan goes to stderr in one line unless quiet (--json). A progress bar
-    appears only when MODEL has to be converted first."""
+    """Load the engine; returns it with its offload plan, which goes to stderr in one line unless quiet
+    (--json). A progress bar appears only when MODEL has to be converted first."""
     from lcpp_zh.runtime.loader import open_engine
 
     report = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
@@ -141,8 +149,7 @@ def _open(opts, quiet: bool = False):
             if bar[0] is not None:
                 bar[0](done, total)
 
-        engine, _plan = open_engine(opts, report=report, progress=progress)
-    return engine
+        return open_engine(opts, report=report, progress=progress)
 
 
 @click.command("chat")
@@ -169,7 +176,7 @@ def chat(system: str | None, **kwargs) -> None:
     opts, params, template_file = _split_kwargs(kwargs)
     explicit = _explicit_sampling()
     template = _template(opts, template_file)
-    engine = _open(opts)
+    engine, _plan = _open(opts)
     params = _model_sampling(params, engine, explicit)
     try:
         session = ChatSession(engine, template=template, system=system, params=params)
@@ -204,7 +211,7 @@ def generate(system: str | None, raw: bool, stop: tuple[str, ...], as_json: bool
         prompt = sys.stdin.read()
     params = params.replace(stop=list(stop))
     template = _template(opts, template_file)
-    engine = _open(opts, quiet=as_json)
+    engine, plan = _open(opts, quiet=as_json)
     params = _model_sampling(params, engine, explicit)
     try:
         def echo(text: str) -> None:
@@ -216,7 +223,7 @@ def generate(system: str | None, raw: bool, stop: tuple[str, ...], as_json: bool
     finally:
         engine.close()
     if as_json:
-        click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+        click.echo(json.dumps({**result.as_dict(), "offload": plan.describe()}, ensure_ascii=False))
         return
     f = result.finished
     click.echo("")
@@ -228,7 +235,8 @@ def generate(system: str | None, raw: bool, stop: tuple[str, ...], as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @click.pass_context
 def models(ctx: click.Context, as_json: bool) -> None:
-    """The models converted into the cache (env LCPP_ZH_CACHE, default ~/.cache/lcpp-zh).
+    """The models converted into the cache (env LCPP_ZH_CACHE; default ~/.cache/lcpp-zh on Linux, honouring
+    XDG_CACHE_HOME, ~/Library/Caches/lcpp-zh on macOS, %LOCALAPPDATA%\\lcpp-zh\\Cache on Windows).
 
     \b
     Examples:

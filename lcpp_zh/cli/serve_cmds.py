@@ -42,6 +42,8 @@ class ServeSettings:
     gpu_layers: str
     gpus: str | None
     main_gpu: int | None
+    rpc: str | None
+    tensor_split: str | None
     loras: tuple[tuple[str, float], ...]  # (adapter path, scale)
     embeddings: bool
     quant: str | None
@@ -83,7 +85,8 @@ def load_model(spec: ModelSpec, settings: ServeSettings, on_restart: Any = None)
     from lcpp_zh.resolve import resolve_model
     from lcpp_zh.runtime.llama_api import check_gguf_file
     from lcpp_zh.runtime.loader import parse_gpu_layers
-    from lcpp_zh.runtime.offload import parse_gpu_list, plan_for
+    from lcpp_zh.runtime.offload import parse_tensor_split, plan_for
+    from lcpp_zh.runtime.rpc import parse_endpoints
     from lcpp_zh.runtime.runner_client import RunnerClient
     from lcpp_zh.runtime.runner_protocol import RunnerConfig
     from lcpp_zh.server.registry import ServedModel
@@ -91,8 +94,8 @@ def load_model(spec: ModelSpec, settings: ServeSettings, on_restart: Any = None)
     conversion_template = settings.template if isinstance(settings.template, str) else None
     path = resolve_model(spec.name, settings.quant, infer_dtype=settings.infer_dtype, template=conversion_template)
     check_gguf_file(path)
-    plan = plan_for(path, settings.n_ctx, parse_gpu_layers(settings.gpu_layers), parse_gpu_list(settings.gpus),
-                    settings.main_gpu)
+    plan = plan_for(path, settings.n_ctx, parse_gpu_layers(settings.gpu_layers), settings.gpus, settings.main_gpu,
+                    parse_tensor_split(settings.tensor_split), parse_endpoints(settings.rpc))
     logger.warning("%s: %s", spec.alias, plan.describe())
     config = RunnerConfig(model_path=str(path), n_ctx=settings.n_ctx, n_parallel=settings.n_parallel,
                           n_threads=settings.n_threads, n_batch=settings.n_batch, max_queue=settings.max_queue,
@@ -158,7 +161,8 @@ def serve(models: tuple[str, ...], model_paths: tuple[str, ...], model_source: s
     template = _chosen_template(model_opts["template"], model_opts["template_file"], model_source)
     settings = ServeSettings(n_ctx=n_ctx, n_parallel=parallel, n_threads=model_opts["threads"], n_batch=n_batch,
                              max_queue=max_queue, gpu_layers=model_opts["gpu_layers"], gpus=model_opts["gpus"],
-                             main_gpu=model_opts["main_gpu"], embeddings=embeddings,
+                             main_gpu=model_opts["main_gpu"], rpc=model_opts["rpc"],
+                             tensor_split=model_opts["tensor_split"], embeddings=embeddings,
                              loras=tuple(pair_loras(model_opts["loras"], model_opts["lora_scales"])),
                              quant=model_opts["quant"], infer_dtype=model_opts["infer_dtype"], template=template)
 

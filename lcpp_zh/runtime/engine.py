@@ -174,7 +174,8 @@ class Engine(VocabularyFront):
                  n_threads: int | None = None, n_batch: int = 512, gpu_layers: int = 0, main_gpu: int = 0,
                  tensor_split: Sequence[float] | None = None,
                  loras: Sequence[str | os.PathLike | tuple[str | os.PathLike, float]] = (),
-                 embeddings: bool = False, verbose: bool = False, max_queue: int = 64) -> None:
+                 embeddings: bool = False, verbose: bool = False, max_queue: int = 64,
+                 devices: Sequence[int] | None = None) -> None:
         if n_parallel < 1:
             raise EngineError("n_parallel must be at least 1")
         if n_ctx < 16 * n_parallel:
@@ -188,7 +189,8 @@ class Engine(VocabularyFront):
         self.model_path = Path(model_path)
         self.n_threads = n_threads or physical_cores()
         self.verbose = verbose
-        self._model = LlamaModel(model_path, gpu_layers=gpu_layers, main_gpu=main_gpu, tensor_split=tensor_split)
+        self._model = LlamaModel(model_path, gpu_layers=gpu_layers, main_gpu=main_gpu, tensor_split=tensor_split,
+                                 devices=devices)
         try:
             self._init_context(n_ctx, n_parallel, n_batch, loras, max_queue)
         except BaseException:

@@ -23,6 +23,7 @@ from lcpp_zh.errors import EngineError, ModelError
 logger = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
+KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 _backend_ready = False
 
 
@@ -61,8 +62,16 @@ class LlamaModel:
     """A loaded GGUF model and its vocabulary."""
 
     def __init__(self, path: str | os.PathLike, *, gpu_layers: int = 0, main_gpu: int = 0,
-                 tensor_split: Sequence[float] | None = None, vocab_only: bool = False) -> None:
+                 tensor_split: Sequence[float] | None = None, vocab_only: bool = False,
+                 devices: Sequence[int] | None = None, rpc: str | None = None) -> None:
+        """`devices`: ggml_backend_dev_t handles to offload to, in layer order (lcpp_zh.runtime.devices);
+        None lets llama.cpp pick (RPC workers, then GPUs). `tensor_split` is over those devices. `rpc`:
+        workers (HOST:PORT,...) to probe and register in this process first (the eval commands)."""
         init_backend()
+        if rpc:
+            from lcpp_zh.runtime.rpc import parse_endpoints, register_workers
+
+            register_workers(parse_endpoints(rpc))
         self.path = Path(path)
         check_gguf_file(self.path)
         params = llama_cpp.llama_model_default_params()
@@ -73,6 +82,12 @@ class LlamaModel:
             n_max = llama_cpp.llama_max_devices()
             self._split = (ctypes.c_float * n_max)(*[float(x) for x in list(tensor_split)[:n_max]])
             params.tensor_split = self._split
+        if devices:
+            from lcpp_zh.runtime.ggml_api import device_array
+
+            # llama-cpp-python declares the field as a plain pointer; the array lives as long as the model.
+            self._devices = device_array(list(devices))
+            params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
         self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
         if not self.model:
             raise ModelError(f"{self.path}: llama.cpp could not load this GGUF (corrupt, truncated or an "
@@ -215,7 +230,8 @@ class LlamaContext:
     """A llama context with `n_seq` sequences sharing one unified KV cache of `n_ctx` cells."""
 
     def __init__(self, model: LlamaModel, *, n_ctx: int, n_batch: int, n_seq: int, n_threads: int,
-                 embeddings: bool = False) -> None:
+                 embeddings: bool = False, kv_type: str | None = None) -> None:
+        """`kv_type`: f16 (llama.cpp's default), f32 or q8_0 for both K and V cache cells."""
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -228,6 +244,10 @@ class LlamaContext:
         # does: each sequence attends over its own cells only, not over every slot's, which makes batched
         # decoding of many slots faster than with one unified cache.
         params.kv_unified = False
+        if kv_type is not None:
+            if kv_type not in KV_TYPES:
+                raise EngineError(f"KV cache type {kv_type!r}: expected one of {', '.join(KV_TYPES)}")
+            params.type_k = params.type_v = KV_TYPES[kv_type]
         if embeddings:
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
         self.model = model

@@ -29,6 +29,8 @@ class RuntimeOptions:
     gpu_layers: str = "auto"
     gpus: str | None = None
     main_gpu: int | None = None
+    rpc: str | None = None            # --rpc HOST:PORT[,HOST:PORT]
+    tensor_split: str | None = None   # --tensor-split 3,1
     loras: Sequence[str] = field(default_factory=tuple)
     verbose: bool = False
 
@@ -45,27 +47,57 @@ def parse_gpu_layers(text: str | int) -> str | int:
 
 def open_engine(opts: RuntimeOptions, *, report: Callable[[str], None] = logger.warning,
                 progress: Callable | None = None):
-    """Resolve opts.model to a GGUF, plan the offload, report the plan and load the engine."""
+    """Resolve opts.model to a GGUF, plan the offload, report the plan and load the engine. With RPC workers
+    the engine runs in a runner process (a RunnerClient): llama.cpp aborts the process that computes when a
+    worker goes away, and that must not be the chat's own."""
     from lcpp_zh.resolve import resolve_model
+    from lcpp_zh.runtime.devices import resolve_devices
     from lcpp_zh.runtime.engine import Engine
-    from lcpp_zh.runtime.offload import load_with_fallback, parse_gpu_list, plan_for
+    from lcpp_zh.runtime.offload import load_with_fallback, parse_tensor_split, plan_for
+    from lcpp_zh.runtime.rpc import parse_endpoints
 
     if opts.n_ctx < 16 * max(opts.n_parallel, 1):
         raise EngineError(f"--ctx {opts.n_ctx} is too small; use at least {16 * max(opts.n_parallel, 1)}")
     requested = parse_gpu_layers(opts.gpu_layers)
-    use_gpus = parse_gpu_list(opts.gpus)
+    endpoints = parse_endpoints(opts.rpc)
+    split = parse_tensor_split(opts.tensor_split)
+    if endpoints:
+        from lcpp_zh.runtime.ggml_api import ggml_rpc
+
+        ggml_rpc()  # one line to reinstall before anything else happens, on a build without RPC
     path: Path = resolve_model(opts.model, opts.quant, infer_dtype=opts.infer_dtype, template=opts.template,
                                progress=progress)
     from lcpp_zh.runtime.llama_api import check_gguf_file
 
     check_gguf_file(path)
-    plan = plan_for(path, opts.n_ctx, requested, use_gpus, opts.main_gpu)
+    plan = plan_for(path, opts.n_ctx, requested, opts.gpus, opts.main_gpu, split, endpoints)
     report(plan.describe())
+    if endpoints:
+        return _open_runner(path, opts, plan), plan
 
     def load(p):
         return Engine(path, n_ctx=opts.n_ctx, n_parallel=opts.n_parallel, n_threads=opts.n_threads,
                       n_batch=opts.n_batch, gpu_layers=p.n_gpu_layers, main_gpu=p.main_gpu,
-                      tensor_split=p.tensor_split, loras=tuple(opts.loras), verbose=opts.verbose)
+                      tensor_split=p.tensor_split, loras=tuple(opts.loras), verbose=opts.verbose,
+                      devices=resolve_devices(p.devices) or None)
 
     engine, plan = load_with_fallback(load, plan, report)
     return engine, plan
+
+
+def _open_runner(path: Path, opts: RuntimeOptions, plan):
+    """The engine in a supervised runner process, which registers the workers itself (per process)."""
+    from dataclasses import asdict
+
+    from lcpp_zh.runtime.runner_client import RunnerClient
+    from lcpp_zh.runtime.runner_protocol import RunnerConfig
+
+    config = RunnerConfig(model_path=str(path), n_ctx=opts.n_ctx, n_parallel=opts.n_parallel,
+                          n_threads=opts.n_threads, n_batch=opts.n_batch, embeddings=False,
+                          loras=[(str(p), float(s)) for p, s in _pairs(opts.loras)], plan=asdict(plan),
+                          log_level=logging.getLogger().getEffectiveLevel())
+    return RunnerClient(config, alias=path.name)
+
+
+def _pairs(loras: Sequence) -> list[tuple[str, float]]:
+    return [(item, 1.0) if isinstance(item, str | Path) else (item[0], item[1]) for item in loras]

@@ -1,39 +1,31 @@
-"""GPU offload planning: how many layers go to which GPU, from the GGUF's tensor sizes, the KV cache for the
-chosen context, a safety margin and each GPU's free memory; plus the load-with-fallback loop.
+"""Offload planning: how many layers go to which device (GPU, iGPU, RPC worker; the CPU takes the rest), from
+the GGUF's tensor sizes, the KV cache for the chosen context, a safety margin and each device's free memory as
+llama.cpp's backend registry reports it; plus the load-with-fallback loop.
 
-`plan_offload` is a pure function (unit-tested with simulated GPUs). GPUs are found with nvidia-smi;
-a CPU-only llama-cpp-python build (llama_supports_gpu_offload() false) always plans 0 layers.
+`plan_offload` is a pure function over Device records (unit-tested with simulated CUDA, Metal, Vulkan, ROCm,
+SYCL and RPC lists). The chosen devices reach llama.cpp by name (llama_model_params.devices) with a tensor_split.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from lcpp_zh.errors import EngineError, ModelError
+from lcpp_zh.runtime.devices import Device, select_devices
 
 logger = logging.getLogger(__name__)
 
 GiB = 1 << 30
 MiB = 1 << 20
-# Room left on every GPU for llama.cpp's compute buffers and the CUDA context itself.
+# Room left on every device for llama.cpp's compute buffers and the driver's own context.
 MARGIN_BYTES = 640 * MiB
 MARGIN_FRACTION = 0.05
 _LAYER = re.compile(r"^blk\.(\d+)\.")
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    index: int
-    name: str
-    free: int
-    total: int
 
 
 @dataclass(frozen=True)
@@ -54,23 +46,36 @@ class ModelSizes:
 
 @dataclass
 class OffloadPlan:
-    n_gpu_layers: int                 # llama.cpp's n_gpu_layers (n_layers + 1 also puts the output head)
+    n_gpu_layers: int                 # llama.cpp's n_gpu_layers: offloaded layers + 1 for the output head
     n_layers: int
-    tensor_split: list[float] | None = None
+    tensor_split: list[float] | None = None   # over `devices`, in their order
     main_gpu: int = 0
     kv_bytes: int = 0
-    layers_per_gpu: dict[int, int] = field(default_factory=dict)
+    layers_per_device: dict[str, int] = field(default_factory=dict)  # device name -> layers, in layer order
+    labels: dict[str, str] = field(default_factory=dict)             # device name -> its label in the line
     note: str = ""
+    rpc: list[str] = field(default_factory=list)                     # workers to register before loading
+
+    @property
+    def devices(self) -> list[str]:
+        """The device names for llama_model_params.devices (those that got layers)."""
+        return [name for name, n in self.layers_per_device.items() if n]
+
+    @property
+    def offloaded(self) -> int:
+        return sum(self.layers_per_device.values())
 
     def describe(self) -> str:
-        """One line for the user, e.g. `28/32 layers on GPU 0, KV 1.0 GiB`."""
+        """One line, e.g. `20/30 layers offloaded: 10 on RPC0 127.0.0.1:50052 (free 11.2 GiB), 10 on RPC1 ...,
+        10 on CPU; KV 0.1 GiB`."""
         if self.n_gpu_layers == 0:
-            return self.note or f"0/{self.n_layers} layers on GPU: running on the CPU"
-        on = min(self.n_gpu_layers, self.n_layers)
-        where = ", ".join(f"{n} on GPU {g}" for g, n in self.layers_per_gpu.items() if n) or "GPU"
-        head = f"{on}/{self.n_layers} layers" + (f" on GPU {next(iter(self.layers_per_gpu))}"
-                                                  if len(self.layers_per_gpu) == 1 else f" ({where})")
-        return f"{head}, KV {self.kv_bytes / GiB:.1f} GiB" + (f"; {self.note}" if self.note else "")
+            return self.note or f"0/{self.n_layers} layers offloaded: running on the CPU"
+        parts = [f"{n} on {self.labels.get(name, name)}" for name, n in self.layers_per_device.items() if n]
+        cpu = self.n_layers - self.offloaded
+        if cpu > 0:
+            parts.append(f"{cpu} on CPU")
+        line = f"{self.offloaded}/{self.n_layers} layers offloaded: {', '.join(parts)}; KV {self.kv_bytes / GiB:.1f} GiB"
+        return line + (f"; {self.note}" if self.note else "")
 
 
 def read_model_sizes(path: str | Path) -> ModelSizes:
@@ -108,104 +113,134 @@ def _field(reader: Any, key: str) -> Any:
     return entry.contents() if entry is not None else None
 
 
-def plan_offload(sizes: ModelSizes, gpus: Sequence[GpuInfo], n_ctx: int, *, requested: str | int = "auto",
-                 use_gpus: Sequence[int] | None = None, main_gpu: int | None = None) -> OffloadPlan:
-    """Place as many layers as fit, filling the chosen GPUs in order; each layer brings its KV cache."""
+def plan_offload(sizes: ModelSizes, devices: Sequence[Device], n_ctx: int, *, requested: str | int = "auto",
+                 gpus: str | None = None, tensor_split: Sequence[float] | None = None,
+                 main_gpu: int | None = None) -> OffloadPlan:
+    """Split the layers over the chosen devices by their free memory; each layer brings its KV cache and the
+    last device holds the output head. With only RPC workers to offload to (a CPU-only machine) and
+    --gpu-layers auto, the local CPU takes its share by free memory too; otherwise it takes what is left."""
     n = sizes.n_layers
-    chosen = [g for g in gpus if use_gpus is None or g.index in use_gpus]
+    chosen = _order(select_devices(devices, gpus), explicit=bool(gpus))
+    cpu = next((d for d in devices if d.type == "cpu"), None)
+    cpu_peer = requested == "auto" and tensor_split is None and cpu is not None and (
+        cpu in chosen or (not gpus and chosen and all(d.is_rpc for d in chosen)))
+    chosen = [d for d in chosen if d.offloads]
     if not chosen or requested in (0, "0"):
-        note = "no GPU chosen: running on the CPU" if chosen or not gpus else ""
-        return OffloadPlan(0, n, note=note)
-    per_layer = [b + sizes.kv_bytes_per_token_layer * n_ctx for b in sizes.layer_bytes]
-    counts: dict[int, int] = {}
-    layer = 0
-    for gpu in chosen:
-        budget = gpu.free - max(MARGIN_BYTES, int(gpu.total * MARGIN_FRACTION))
-        if gpu is chosen[-1] or layer + 1 >= n:  # the output head lives with the last layers
-            budget -= sizes.output_bytes
-        start = layer
-        while layer < n and budget >= per_layer[layer]:
-            budget -= per_layer[layer]
-            layer += 1
-        counts[gpu.index] = layer - start
-    if isinstance(requested, int) or str(requested).isdigit():
-        layer = min(int(requested), n)  # an explicit N is obeyed; the plan only splits it
-    elif requested == "all":
-        layer = n
-    total = sum(counts.values())
-    if total and total != layer:
-        counts = _rescale(counts, layer)
-    n_gpu_layers = n + 1 if layer >= n else layer
-    split = _tensor_split(counts, gpus) if len(chosen) > 1 or use_gpus else None
-    main = main_gpu if main_gpu is not None else chosen[0].index
-    return OffloadPlan(n_gpu_layers, n, split, main, sizes.kv_bytes(n_ctx, min(layer, n)), counts)
+        return OffloadPlan(0, n, note="" if requested in (0, "0") or not chosen and not gpus
+                           else "no GPU chosen: running on the CPU")
+    per_layer = sum(sizes.layer_bytes) / max(n, 1) + sizes.kv_bytes_per_token_layer * n_ctx
+    budgets = [_budget(d) - (sizes.output_bytes if d is chosen[-1] else 0) for d in chosen]
+    if tensor_split is not None:
+        if len(tensor_split) != len(chosen) or sum(tensor_split) <= 0 or min(tensor_split) < 0:
+            names = ", ".join(d.name for d in chosen)
+            raise EngineError(f"--tensor-split {','.join(f'{x:g}' for x in tensor_split)}: give {len(chosen)} "
+                              f"non-negative proportions, one per device ({names})")
+        target = n if requested in ("auto", "all") else min(int(requested), n)
+        counts = _share(target, list(tensor_split), None)
+    else:
+        slots = budgets + ([_budget(cpu)] if cpu_peer and cpu is not None else [])
+        caps = [max(int(b // per_layer), 0) for b in slots]
+        if requested == "auto":
+            target = min(n, sum(caps))
+        else:  # an explicit N (or all) is obeyed; the plan only splits it, over the devices alone
+            target = n if requested == "all" else min(int(requested), n)
+            slots, caps = budgets, None
+        counts = _share(target, [max(b, 0) for b in slots], caps)[:len(chosen)]
+    layers = {d.name: c for d, c in zip(chosen, counts, strict=True)}
+    offloaded = sum(counts)
+    plan = OffloadPlan(offloaded + 1 if offloaded else 0, n, None, main_gpu or 0, sizes.kv_bytes(n_ctx, offloaded),
+                       layers, {d.name: d.label() for d in chosen})
+    plan.tensor_split = _split_for(plan.layers_per_device)
+    return plan
 
 
-def _rescale(counts: dict[int, int], target: int) -> dict[int, int]:
-    total = sum(counts.values())
-    scaled = {g: c * target // total for g, c in counts.items()}
-    first = next(iter(scaled))
-    scaled[first] += target - sum(scaled.values())
-    return scaled
+def _order(chosen: list[Device], explicit: bool) -> list[Device]:
+    """llama.cpp's default order: RPC workers first (the output head stays local), then GPUs, then iGPUs only
+    when there is no discrete GPU. An explicit --gpus list keeps its order."""
+    if explicit:
+        return chosen
+    rpc = [d for d in chosen if d.is_rpc]
+    gpu = [d for d in chosen if d.type == "gpu" and not d.is_rpc]
+    igpu = [d for d in chosen if d.type == "igpu"]
+    return rpc + gpu + (igpu if not gpu else [])
 
 
-def _tensor_split(counts: dict[int, int], gpus: Sequence[GpuInfo]) -> list[float] | None:
-    """Proportions per device index, 0 for GPUs left out (llama.cpp splits layers by these)."""
-    total = sum(counts.values())
-    if not total:
+def _budget(device: Device) -> int:
+    return device.free - max(MARGIN_BYTES, int(device.total * MARGIN_FRACTION))
+
+
+def _share(target: int, weights: list[float], caps: list[int] | None) -> list[int]:
+    """`target` layers in proportion to `weights` (largest remainders), none above its cap when caps allow."""
+    counts = [0] * len(weights)
+    open_ = [i for i, w in enumerate(weights) if w > 0 and (caps is None or caps[i] > 0)]
+    left = target
+    while left > 0 and open_:
+        total = sum(weights[i] for i in open_)
+        exact = {i: left * weights[i] / total for i in open_}
+        give = {i: int(exact[i]) for i in open_}
+        for i in sorted(open_, key=lambda i: exact[i] - give[i], reverse=True)[:left - sum(give.values())]:
+            give[i] += 1
+        for i in open_:
+            room = caps[i] - counts[i] if caps is not None else give[i]
+            counts[i] += min(give[i], room)
+        left = target - sum(counts)
+        open_ = [i for i in open_ if caps is None or counts[i] < caps[i]]
+        if caps is None:
+            break
+    return counts
+
+
+def _split_for(layers: dict[str, int]) -> list[float] | None:
+    """llama.cpp's tensor_split over the devices that got layers: their layer counts, the last one + 1 for the
+    output head (llama.cpp splits layers n_layers - offloaded .. n_layers by these cumulative proportions)."""
+    counts = [float(n) for n in layers.values() if n]
+    if not counts:
         return None
-    top = max(g.index for g in gpus)
-    return [counts.get(i, 0) / total for i in range(top + 1)]
+    counts[-1] += 1
+    return counts
 
 
-def gpu_offload_supported() -> bool:
-    import llama_cpp
-
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
-def detect_gpus() -> list[GpuInfo]:
-    """NVIDIA GPUs and their free memory, from nvidia-smi; [] when there is none."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        out = subprocess.run([exe, "--query-gpu=index,name,memory.free,memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20,
-                             check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 4 and parts[0].isdigit():
-            gpus.append(GpuInfo(int(parts[0]), parts[1], int(float(parts[2])) * MiB, int(float(parts[3])) * MiB))
-    return gpus
+def _rescale(counts: dict[str, int], target: int) -> dict[str, int]:
+    names = list(counts)
+    return dict(zip(names, _share(target, [float(counts[k]) for k in names], None), strict=True))
 
 
-def parse_gpu_list(text: str | None) -> list[int] | None:
-    """--gpus "0,1" -> [0, 1]."""
+def parse_tensor_split(text: str | None) -> list[float] | None:
+    """--tensor-split "3,1" (llama-server's format: proportions per device, `,` or `/` between them)."""
     if not text:
         return None
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [float(x) for x in re.split(r"[,/]", text) if x.strip()]
     except ValueError:
-        raise EngineError(f"--gpus {text!r}: expected GPU numbers separated by commas, like 0,1") from None
+        raise EngineError(f"--tensor-split {text!r}: expected proportions separated by commas, like 3,1") from None
 
 
-def plan_for(model_path: Path, n_ctx: int, requested: str | int, use_gpus: Sequence[int] | None,
-             main_gpu: int | None) -> OffloadPlan:
-    """The plan on this machine: CPU with a one-line reason, or layers on the GPUs that are there."""
+def _no_device_note(gpus: str | None) -> str:
+    from lcpp_zh.runtime.ggml_api import backend_names
+
+    if gpus:
+        return ""
+    if not [b for b in backend_names() if b not in ("CPU", "RPC", "BLAS")]:
+        return ("no GPU backend in this llama-cpp-python: running on the CPU (reinstall with `make install "
+                "GPU=cuda` or metal, vulkan, hip; or add RPC workers with --rpc)")
+    return "no GPU found: running on the CPU"
+
+
+def plan_for(model_path: Path, n_ctx: int, requested: str | int, gpus: str | None, main_gpu: int | None,
+             tensor_split: Sequence[float] | None = None, rpc: Sequence[str] = ()) -> OffloadPlan:
+    """The plan on this machine and its workers (probed, not registered: the runner registers them)."""
+    from lcpp_zh.runtime.devices import plannable_devices
+
     sizes = read_model_sizes(model_path)
     if requested in (0, "0"):
         return OffloadPlan(0, sizes.n_layers, note="running on the CPU (--gpu-layers 0)")
-    if not gpu_offload_supported():
-        return OffloadPlan(0, sizes.n_layers, note="llama-cpp-python is built without GPU support: running on "
-                                                   "the CPU (reinstall with `make install CUDA=1`)")
-    gpus = detect_gpus()
-    if not gpus:
-        return OffloadPlan(0, sizes.n_layers, note="no GPU found: running on the CPU")
-    return plan_offload(sizes, gpus, n_ctx, requested=requested, use_gpus=use_gpus, main_gpu=main_gpu)
+    devices = plannable_devices(rpc)
+    if not gpus and not any(d.offloads for d in devices):
+        return OffloadPlan(0, sizes.n_layers, note=_no_device_note(gpus))
+    plan = plan_offload(sizes, devices, n_ctx, requested=requested, gpus=gpus, tensor_split=tensor_split,
+                        main_gpu=main_gpu)
+    plan.rpc = list(rpc)
+    return plan
 
 
 T = TypeVar("T")
@@ -213,7 +248,7 @@ T = TypeVar("T")
 
 def load_with_fallback(load: Callable[[OffloadPlan], T], plan: OffloadPlan,
                        report: Callable[[str], None] = logger.warning) -> tuple[T, OffloadPlan]:
-    """Call `load(plan)`; when loading fails with layers on the GPU (out of memory), retry with a quarter
+    """Call `load(plan)`; when loading fails with layers offloaded (out of memory), retry with a quarter
     fewer layers each time, down to the CPU. A failure on the CPU is raised as is."""
     while True:
         try:
@@ -221,13 +256,13 @@ def load_with_fallback(load: Callable[[OffloadPlan], T], plan: OffloadPlan,
         except (ModelError, EngineError) as exc:
             if plan.n_gpu_layers <= 0:
                 raise
-            fewer = min(plan.n_gpu_layers, plan.n_layers) * 3 // 4
-            report(f"loading with {plan.n_gpu_layers} GPU layers failed ({exc}); retrying with {fewer}")
-            counts = _rescale(plan.layers_per_gpu, fewer) if fewer and plan.layers_per_gpu else {}
-            plan = OffloadPlan(fewer, plan.n_layers, plan.tensor_split, plan.main_gpu,
-                               plan.kv_bytes * fewer // max(plan.n_layers, 1), counts,
-                               note="" if fewer else "GPU out of memory: running on the CPU")
+            fewer = plan.offloaded * 3 // 4
+            report(f"loading with {plan.offloaded} layers offloaded failed ({exc}); retrying with {fewer}")
+            counts = _rescale(plan.layers_per_device, fewer) if fewer else {}
+            plan = OffloadPlan(fewer + 1 if fewer else 0, plan.n_layers, _split_for(counts), plan.main_gpu,
+                               plan.kv_bytes * fewer // max(plan.offloaded, 1), counts, plan.labels,
+                               note="" if fewer else "out of device memory: running on the CPU", rpc=plan.rpc)
 
 
-__all__ = ["GpuInfo", "ModelSizes", "OffloadPlan", "read_model_sizes", "plan_offload", "detect_gpus",
-           "plan_for", "load_with_fallback", "parse_gpu_list", "gpu_offload_supported"]
+__all__ = ["ModelSizes", "OffloadPlan", "read_model_sizes", "plan_offload", "plan_for", "load_with_fallback",
+           "parse_tensor_split"]

@@ -199,8 +199,9 @@ class RunnerClient(VocabularyFront):
             if not closing:
                 self.state = "restarting"
                 self.error = f"the model runner stopped ({describe_exit(rc)})"
-        message = (f"the model runner stopped ({describe_exit(rc)}) during this request; it is being restarted"
-                   if not closing else "the server is shutting down")
+        lost = "; an RPC worker may have gone away" if self.config.plan.get("rpc") else ""
+        message = (f"the model runner stopped ({describe_exit(rc)}{lost}) during this request; it is being "
+                   "restarted" if not closing else "the server is shutting down")
         for stream in streams:
             stream.put(Finished("error", stream.n_prompt, 0, 0, 0.0, 0.0, error=message))
         for future in calls:
@@ -226,6 +227,16 @@ class RunnerClient(VocabularyFront):
             self._start()
             logger.warning("%s: the model runner is back (restart %d)", self.alias, self.restarts)
         except BaseException as exc:  # noqa: BLE001 - reported once through /health; no restart loop
+            if self.config.plan.get("rpc") and not isinstance(exc, KeyboardInterrupt):
+                # A worker that went away may come back (a rebooted machine, a restarted `lcpp-zh worker`):
+                # keep trying with the same back-off, and say which worker is missing meanwhile.
+                with self._lock:
+                    self.error = f"waiting for the RPC workers ({exc})"
+                    self._failures_in_a_row += 1
+                delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self._failures_in_a_row - 1))
+                logger.error("%s: %s; retrying in %.0f s", self.alias, self.error, delay)
+                self._restart(delay)
+                return
             with self._lock:
                 self.state = "failed"
                 self.error = f"the model runner could not be restarted: {exc}"
