@@ -2,7 +2,8 @@
 
 SmolLM2-135M-Instruct converted to F16 by lcpp-zh is quantized to Q8_0 and Q4_K_M; both load in
 llama-cpp-python, stay close to the F16 logits and answer a simple question sensibly. Types that need an
-importance matrix (IQ2_XXS) fail with one clear line and leave no file.
+importance matrix (IQ2_XXS) fail with one clear line and leave no file when given none (the library) or a
+missing one (the CLI).
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def test_imatrix_type_is_a_clear_error(smollm2_f16, tmp_path):
 
 
 def test_cli_quantize_imatrix_type(run_cli, tiny_zh_gguf, tmp_path):
-    proc = run_cli("quantize", tiny_zh_gguf, tmp_path / "x.gguf", "--type", "IQ2_XXS")
+    """Without --imatrix the CLI computes a matrix (tests/test_imatrix.py); a missing one is a clear error."""
+    proc = run_cli("quantize", tiny_zh_gguf, tmp_path / "x.gguf", "--type", "IQ2_XXS",
+                   "--imatrix", tmp_path / "missing.imatrix.gguf")
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

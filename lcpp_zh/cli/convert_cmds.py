@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+from lcpp_zh.cli.eval_cmds import _chunk_progress
 from lcpp_zh.cli.lora_cmds import lora_options, pair_loras
 from lcpp_zh.cli.progress import byte_progress, human_size, report_written
 from lcpp_zh.convert.chat_templates import BUILTIN_TEMPLATES
 from lcpp_zh.convert.pipeline import OUTTYPE_CHOICES, convert_checkpoint
-from lcpp_zh.convert.quantize import QuantType, quantize_gguf
+from lcpp_zh.convert.quantize import QuantType, needs_imatrix
 from lcpp_zh.convert.sampling import SAMPLING_CHOICES
 from lcpp_zh.errors import LcppError
 
 QUANT_CHOICES = click.Choice([q.value for q in QuantType], case_sensitive=False)
 TEMPLATE_CHOICES = click.Choice([*BUILTIN_TEMPLATES, "none"])
+
+
+def imatrix_options(command):
+    """--imatrix FILE and --calibration TEXT, shared by convert and quantize."""
+    command = click.option(
+        "--calibration", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="TEXT",
+        help="Compute an importance matrix on this UTF-8 text (all of it) and quantize with it.")(command)
+    return click.option(
+        "--imatrix", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+        help="Importance matrix (from `lcpp-zh imatrix` or llama-imatrix) to quantize with. Types that need one "
+             f"({', '.join(q.value for q in QuantType if needs_imatrix(q))}) get one computed on the built-in "
+             "Chinese text when neither --imatrix nor --calibration is given.")(command)
+
+
+@contextlib.contextmanager
+def _calibration(imatrix: Path | None, text: Path | None, threads: int | None, quiet: bool) -> Iterator:
+    from lcpp_zh.eval.calibrate import Calibration
+
+    with _chunk_progress(quiet) as bar:
+        yield Calibration(imatrix=imatrix, text=text, threads=threads,
+                          notice=None if quiet else (lambda line: click.echo(line, err=True)),
+                          progress=(lambda done, total: bar("imatrix", done, total)) if bar else None)
 
 
 @click.command("convert")
@@ -34,10 +59,12 @@ TEMPLATE_CHOICES = click.Choice([*BUILTIN_TEMPLATES, "none"])
 @click.option("--sampling", type=click.Choice(SAMPLING_CHOICES), default="auto",
               help="general.sampling.* defaults: auto = generation_config.json's, or FlagAlpha's recommended ones "
                    "for Atom / Llama2-Chinese that have none; checkpoint = generation_config.json's only.")
+@imatrix_options
 @lora_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def convert(source: str, output: Path, outtype: str, quant: str | None, template: str | None, sampling: str,
-            lora: tuple[str, ...], lora_scale: tuple[float, ...], quiet: bool) -> None:
+            imatrix: Path | None, calibration: Path | None, lora: tuple[str, ...], lora_scale: tuple[float, ...],
+            quiet: bool) -> None:
     """Convert a Hugging Face Llama checkpoint (folder or hub repo id) to GGUF.
 
     \b
@@ -46,12 +73,22 @@ def convert(source: str, output: Path, outtype: str, quant: str | None, template
       lcpp-zh convert FlagAlpha/Atom-7B-Chat -o atom.Q4_K_M.gguf --quant Q4_K_M
       HF_ENDPOINT=https://hf-mirror.com lcpp-zh convert FlagAlpha/Llama2-Chinese-7b-Chat -o l2c.gguf
       lcpp-zh convert ./Llama-2-7b-chat-hf --lora ./Llama2-Chinese-7b-Chat-LoRA -o merged.gguf
+      lcpp-zh convert ./Atom-7B-Chat -o atom.IQ2_M.gguf --quant IQ2_M --calibration my-text.txt
     """
     loras = pair_loras(lora, lora_scale)
+    if quant is None and (imatrix is not None or calibration is not None):
+        raise click.UsageError("--imatrix and --calibration go with --quant TYPE")
     started = time.monotonic()
     with byte_progress("converting", quiet) as progress:
-        written = convert_checkpoint(source, output, outtype=outtype, quant=quant, template=template,
-                                     progress=progress, loras=loras, sampling=sampling)
+        options = {"outtype": outtype, "template": template, "progress": progress, "loras": loras,
+                   "sampling": sampling}
+        if quant is None:
+            written = convert_checkpoint(source, output, **options)
+        else:
+            from lcpp_zh.eval.calibrate import convert_calibrated
+
+            with _calibration(imatrix, calibration, None, quiet) as how:
+                written = convert_calibrated(source, output, quant, how, **options)
     report_written(written, started, quiet)
 
 
@@ -61,16 +98,23 @@ def convert(source: str, output: Path, outtype: str, quant: str | None, template
 @click.option("-t", "--type", "qtype", type=QUANT_CHOICES, default="Q4_K_M", metavar="TYPE",
               help="Quantization type: " + ", ".join(q.value for q in QuantType) + ".")
 @click.option("--threads", type=int, default=None, help="Threads for the quantizer (default: all CPUs).")
-@click.option("-q", "--quiet", is_flag=True, help="No summary line.")
-def quantize(source: Path, output: Path, qtype: str, threads: int | None, quiet: bool) -> None:
-    """Quantize a GGUF file with llama.cpp's quantizer.
+@imatrix_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+def quantize(source: Path, output: Path, qtype: str, threads: int | None, imatrix: Path | None,
+             calibration: Path | None, quiet: bool) -> None:
+    """Quantize a GGUF file with llama.cpp's quantizer, with an importance matrix when given one (or when the
+    type needs one: then computed on the built-in Chinese text).
 
     \b
-    Example:
+    Examples:
       lcpp-zh quantize atom.f16.gguf atom.Q4_K_M.gguf --type Q4_K_M
+      lcpp-zh quantize atom.f16.gguf atom.IQ2_XS.gguf --type IQ2_XS --imatrix atom.imatrix.gguf
     """
+    from lcpp_zh.eval.calibrate import quantize_calibrated
+
     started = time.monotonic()
-    written = quantize_gguf(source, output, qtype, threads)
+    with _calibration(imatrix, calibration, threads, quiet) as how:
+        written = quantize_calibrated(source, output, qtype, how, threads)
     report_written(written, started, quiet)
 
 

@@ -1,3 +1,78 @@
-"""Placeholder: filled in by the work on issues 10 and 11."""
+"""The importance-matrix command: imatrix (llama-imatrix's computation, in its GGUF imatrix format).
 
-COMMANDS: list = []
+Thin: options here, the computing in lcpp_zh.eval.imatrix, the file format in lcpp_zh.convert.imatrix_file.
+The written path (or --json) to stdout; the progress bar and the summary line to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from lcpp_zh.cli.eval_cmds import _chunk_progress
+from lcpp_zh.eval.texts import BUILTIN_TEXTS
+
+
+@click.command("imatrix")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Importance matrix to write (GGUF imatrix format, as llama-imatrix writes it).")
+@click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="UTF-8 calibration text [default: the built-in --lang text].")
+@click.option("--lang", type=click.Choice(list(BUILTIN_TEXTS)), default="zh",
+              help="Built-in text when no --text: zh (论语 and 诗经), en (World Factbook introductions).")
+@click.option("--ctx", "n_ctx", type=click.IntRange(min=16), default=512,
+              help="Tokens per chunk, each starting with BOS (llama-imatrix's -c).")
+@click.option("--chunks", "n_chunks", type=click.IntRange(min=1), default=None,
+              help="At most this many chunks [default: the whole text].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LCPP_ZH_THREADS",
+              help="CPU threads [default: physical cores].")
+@click.option("--gpu-layers", type=click.IntRange(min=0), default=0, help="Layers offloaded to the GPU (999: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the matrix.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+def imatrix(model: Path, output: Path, text_file: Path | None, lang: str, n_ctx: int, n_chunks: int | None,
+            threads: int | None, gpu_layers: int, as_json: bool, quiet: bool) -> None:
+    """Compute the importance matrix of MODEL.gguf over a text, as llama.cpp's llama-imatrix does (the squared
+    activations entering each matrix multiplication, summed, with counts). llama-quantize --imatrix and
+    `lcpp-zh quantize --imatrix` read it; the IQ1, IQ2, IQ3_XXS, IQ3_XS and Q2_K_S types need one.
+
+    \b
+    Examples:
+      lcpp-zh imatrix atom.f16.gguf -o atom.imatrix.gguf
+      lcpp-zh imatrix atom.f16.gguf --text calibration.txt --chunks 100 -o atom.imatrix.gguf
+      lcpp-zh quantize atom.f16.gguf atom.IQ2_XS.gguf --type IQ2_XS --imatrix atom.imatrix.gguf
+    """
+    from lcpp_zh.convert.atomic import check_writable
+    from lcpp_zh.eval.imatrix import compute_imatrix, read_imatrix_text
+    from lcpp_zh.eval.texts import builtin_text
+
+    check_writable(output)
+    if output.resolve() == model.resolve():
+        raise click.UsageError("the output must differ from the model")
+    if text_file is not None:
+        text, label = read_imatrix_text(text_file), str(text_file)
+    else:
+        text, label = builtin_text(lang), f"lcpp-zh built-in {lang}"
+    started = time.monotonic()
+    with _chunk_progress(quiet or as_json) as bar:
+        progress = (lambda done, total: bar("imatrix", done, total)) if bar else None
+        matrix = compute_imatrix(model, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=threads,
+                                 progress=progress, gpu_layers=gpu_layers)
+    matrix.save(output, label)
+    seconds = time.monotonic() - started
+    if as_json:
+        click.echo(json.dumps({"path": str(output), "model": str(model), "dataset": label, "entries": len(matrix.sums),
+                               "chunks": matrix.chunk_count, "chunk_size": matrix.chunk_size,
+                               "tokens": matrix.chunk_count * matrix.chunk_size, "seconds": round(seconds, 3)},
+                              ensure_ascii=False, indent=2))
+        return
+    if not quiet:
+        click.echo(f"wrote {output}: {len(matrix.sums)} weights, {matrix.chunk_count} chunks of {matrix.chunk_size} "
+                   f"tokens from {label}, in {seconds:.1f} s", err=True)
+    click.echo(str(output))
+
+
+COMMANDS = [imatrix]
