@@ -17,11 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import platformdirs
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _checkpoint import LLAMA_1B, write_checkpoint  # noqa: E402
 from _reference import reference_converter  # noqa: E402
 
-CACHE = Path(os.environ.get("LCPP_ZH_BENCH_CACHE", Path.home() / ".cache" / "lcpp-zh-bench"))
+# The generated checkpoint is kept between runs, in the platform's user cache folder (~/.cache on Linux).
+CACHE = Path(os.environ.get("LCPP_ZH_BENCH_CACHE") or platformdirs.user_cache_dir("lcpp-zh-bench", appauthor=False))
 
 
 def train_tokenizer(folder: Path) -> Path:

@@ -23,16 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 PROMPT = "Once upon a time, in a quiet village at the foot of the mountains, there lived an old clockmaker who"
 
 
-def lcpp_zh_generate(model: Path, n: int, threads: int) -> dict:
+def lcpp_zh_generate(model: Path, n: int, threads: int, gpu_layers: str = "0", extra: tuple[str, ...] = (),
+                     prompt: str = PROMPT) -> dict:
     """The real command, as a user runs it; its --json reports TTFT and tokens/s measured inside."""
     exe = Path(sys.executable).parent / "lcpp-zh"
-    cmd = [str(exe), "generate", str(model), PROMPT, "--raw", "--json", "--max-new-tokens", str(n),
-           "--threads", str(threads), "--gpu-layers", "0", "--temperature", "0", "--repeat-penalty", "1"]
+    cmd = [str(exe), "generate", str(model), prompt, "--raw", "--json", "--max-new-tokens", str(n),
+           "--threads", str(threads), "--gpu-layers", gpu_layers, "--temperature", "0", "--repeat-penalty", "1",
+           *extra]
     started = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     wall = time.perf_counter() - started
     data = json.loads(out)
-    return {"tps": data["tokens_per_s"], "ttft": data["ttft_s"], "n": data["completion_tokens"], "wall": wall}
+    return {"tps": data["tokens_per_s"], "ttft": data["ttft_s"], "n": data["completion_tokens"], "wall": wall,
+            "prompt_tokens": data["prompt_tokens"]}
 
 
 def llama_cpp_python(model: Path, n: int) -> dict:
@@ -57,13 +60,14 @@ def llama_cpp_python(model: Path, n: int) -> dict:
             "threads": llm.n_threads}
 
 
-def llama_bench(model: Path, n: int, threads: int) -> dict | None:
+def llama_bench(model: Path, n: int, threads: int, ngl: int = 0, exe: Path | None = None) -> dict | None:
+    """llama-bench tg<n> (no prompt), from `exe` or $LLAMA_CPP_TOOLS; None when there is none."""
     folder = os.environ.get("LLAMA_CPP_TOOLS")
-    exe = Path(folder) / "llama-bench" if folder else None
+    exe = exe or (Path(folder) / "llama-bench" if folder else None)
     if exe is None or not exe.is_file():
         return None
     out = subprocess.run([str(exe), "-m", str(model), "-p", "0", "-n", str(n), "-t", str(threads), "-r", "3",
-                          "-o", "json"], capture_output=True, text=True, check=True).stdout
+                          "-ngl", str(ngl), "-o", "json"], capture_output=True, text=True, check=True).stdout
     runs = [r for r in json.loads(out) if r.get("n_gen") == n]
     return {"tps": runs[0]["avg_ts"], "n": n}
 

@@ -28,7 +28,12 @@ from pathlib import Path
 import httpx
 import openai
 
-DEFAULT_MODEL = Path.home() / ".cache" / "lcpp-zh-test" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from fixtures import cache_root  # noqa: E402
+from fixtures.smollm2 import GGUF_NAME  # noqa: E402
+
+# The SmolLM2 GGUF of the test fixtures (in the platform's user cache folder, or $LCPP_ZH_TEST_CACHE).
+DEFAULT_MODEL = cache_root() / "smollm2" / GGUF_NAME
 TOPICS = ["the history of tea", "how rivers form", "a trip to the mountains", "the life of bees",
           "building a wooden boat", "the night sky", "a busy market", "learning to cook rice",
           "the invention of paper", "a rainy afternoon", "trains across a continent", "a lighthouse keeper"]

@@ -28,7 +28,12 @@ from pathlib import Path
 import httpx
 import psutil
 
-DEFAULT_MODEL = Path.home() / ".cache" / "lcpp-zh-test" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from fixtures import cache_root  # noqa: E402
+from fixtures.smollm2 import GGUF_NAME  # noqa: E402
+
+# The SmolLM2 GGUF of the test fixtures (in the platform's user cache folder, or $LCPP_ZH_TEST_CACHE).
+DEFAULT_MODEL = cache_root() / "smollm2" / GGUF_NAME
 PROMPTS = ["Tell me about tea.", "用三句话介绍长城。", "Write a haiku about rain.", "解释一下什么是机器学习。",
            "List five fruits.", "讲一个关于月亮的故事。", "How do rivers form?", "写一首关于春天的短诗。"]
 

@@ -6,6 +6,7 @@ written here block by block (the writer's own tensor path wants whole arrays in 
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,11 @@ from lcpp_zh.errors import CheckpointError
 
 # progress(bytes_done, bytes_total)
 Progress = Callable[[int, int], None]
+# copy_file_range's answers for "not for these files": another filesystem (before Linux 5.3), a kernel or
+# filesystem without it. The buffered copy takes over; any other error (disk full, I/O) is raised.
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
+# The buffered copy's memory, whatever the tensor's size.
+_COPY_CHUNK = 16 << 20
 
 
 def register_tensors(writer: gguf.GGUFWriter, tensors: list[PlannedTensor]) -> None:
@@ -60,26 +66,47 @@ def write_gguf(writer: gguf.GGUFWriter, tensors: list[PlannedTensor], path: Path
 
 
 def _copy_span(out, path: str, offset: int, length: int) -> None:
-    """Copy bytes from a checkpoint file straight into the output, inside the kernel where it can
-    (copy_file_range): an unchanged f16/f32 tensor never passes through Python memory."""
+    """Copy bytes from a checkpoint file straight into the output: inside the kernel where it can
+    (copy_file_range, Linux), so an unchanged f16/f32 tensor never passes through Python memory; elsewhere
+    (macOS, Windows, across filesystems) through one bounded buffer."""
     out.flush()
     with open(path, "rb") as source:
-        remaining, position = length, offset
-        while remaining:
-            try:
-                copied = os.copy_file_range(source.fileno(), out.fileno(), min(remaining, 1 << 30), position)
-            except OSError:
-                copied = 0
-            if copied == 0:  # not supported across these filesystems, or a short file: plain reads
-                source.seek(position)
-                chunk = source.read(min(remaining, 16 << 20))
-                if not chunk:
-                    raise CheckpointError(f"{os.path.basename(path)}: file is truncated")
-                os.write(out.fileno(), chunk)
-                copied = len(chunk)
-            remaining -= copied
-            position += copied
+        done = _kernel_copy(source.fileno(), out.fileno(), offset, length)
+        if done < length:
+            _buffered_copy(source, out.fileno(), offset + done, length - done, path)
     out.seek(0, os.SEEK_END)
+
+
+def _kernel_copy(src: int, dst: int, offset: int, length: int) -> int:
+    """Bytes copied by copy_file_range (0 where the platform has none); stops early, leaving the rest to the
+    buffered copy, when the kernel refuses this pair of files or the source ends short."""
+    copy_file_range = getattr(os, "copy_file_range", None)
+    done = 0
+    while copy_file_range is not None and done < length:
+        try:
+            copied = copy_file_range(src, dst, min(length - done, 1 << 30), offset + done)
+        except OSError as exc:
+            if exc.errno in _NO_KERNEL_COPY:
+                return done
+            raise
+        if copied == 0:
+            return done
+        done += copied
+    return done
+
+
+def _buffered_copy(source, dst: int, offset: int, length: int, path: str) -> None:
+    buffer = bytearray(min(length, _COPY_CHUNK))
+    view = memoryview(buffer)
+    source.seek(offset)
+    while length:
+        got = source.readinto(view[:min(length, len(buffer))])
+        if not got:
+            raise CheckpointError(f"{os.path.basename(path)}: file is truncated")
+        written = 0
+        while written < got:  # os.write may write less than asked (signals, pipes)
+            written += os.write(dst, view[written:got])
+        length -= got
 
 
 def _pad(out, alignment: int) -> None:

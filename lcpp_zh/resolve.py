@@ -2,8 +2,9 @@
 
 A `.gguf` path is used as is. A local Hugging Face folder, a Hugging Face repo id (owner/name) or a ModelScope
 one (modelscope:owner/name) is converted and quantized once through lcpp_zh.convert and cached under the cache
-directory (env LCPP_ZH_CACHE, default ~/.cache/lcpp-zh); later runs find the cached file. The downloads
-themselves stay in each hub's own cache (HF_HOME, MODELSCOPE_CACHE). No llama.cpp import here.
+directory (env LCPP_ZH_CACHE, else the platform's user cache folder: see cache_dir); later runs find the
+cached file. The downloads themselves stay in each hub's own cache (HF_HOME, MODELSCOPE_CACHE). No llama.cpp
+import here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import platformdirs
 
 from lcpp_zh.errors import ModelError
 
@@ -30,7 +33,12 @@ MODELSCOPE_PREFIX = "modelscope:"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LCPP_ZH_CACHE") or Path.home() / ".cache" / "lcpp-zh").expanduser()
+    """$LCPP_ZH_CACHE, else the platform's convention: $XDG_CACHE_HOME/lcpp-zh or ~/.cache/lcpp-zh on Linux,
+    ~/Library/Caches/lcpp-zh on macOS, %LOCALAPPDATA%\\lcpp-zh\\Cache on Windows."""
+    if os.environ.get("LCPP_ZH_CACHE"):
+        return Path(os.environ["LCPP_ZH_CACHE"]).expanduser()
+    # appauthor=False: no vendor folder level on Windows (platformdirs would repeat the app name).
+    return Path(platformdirs.user_cache_dir("lcpp-zh", appauthor=False))
 
 
 def models_dir() -> Path:

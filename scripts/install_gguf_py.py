@@ -8,6 +8,7 @@ makes our GGUF files byte-identical to llama.cpp's converter of the same release
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -16,16 +17,29 @@ from pathlib import Path
 
 VERSION = "0.3.36"  # keep equal to the llama-cpp-python pin in pyproject.toml
 SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
-CACHE = Path.home() / ".cache" / "lcpp-zh" / "sdist"  # the test suite looks for it here too
+
+
+def cache_dir() -> Path:
+    """lcpp-zh's cache folder, as lcpp_zh.resolve.cache_dir finds it (the test suite and
+    build-llama-cpp-tools.sh look for the sdist there too). Computed here without importing lcpp_zh, and
+    without platformdirs when it is not installed yet: the same $XDG_CACHE_HOME or ~/.cache on Linux."""
+    if os.environ.get("LCPP_ZH_CACHE"):
+        return Path(os.environ["LCPP_ZH_CACHE"]).expanduser()
+    try:
+        import platformdirs
+    except ImportError:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lcpp-zh"
+    return Path(platformdirs.user_cache_dir("lcpp-zh", appauthor=False))
 
 
 def sdist_path() -> Path:
     """The llama-cpp-python sdist, downloaded once (pip serves it from its own cache after the build)."""
-    path = CACHE / SDIST
+    folder = cache_dir() / "sdist"
+    path = folder / SDIST
     if not path.is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                        "-d", str(CACHE), f"llama-cpp-python=={VERSION}"], check=True)
+                        "-d", str(folder), f"llama-cpp-python=={VERSION}"], check=True)
     return path
 
 
