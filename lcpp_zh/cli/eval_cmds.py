@@ -58,6 +58,8 @@ def _print_table(result: dict, text_label: str) -> None:
             ("RMS Δp", f"{100 * kld['p_diff_rms']:.3f} ± {100 * kld['p_diff_rms_error']:.3f} %"),
             ("mean Δp", f"{100 * kld['p_diff_mean']:.3f} ± {100 * kld['p_diff_error']:.3f} %"),
         ]
+    if result.get("base_logits"):
+        rows.append(("saved", f"base log-probabilities in {result['base_logits']}"))
     rows.append(("time", f"{result['seconds']:.1f} s ({result['tokens_per_s']:.0f} tokens/s)"))
     for key, value in rows:
         click.echo(f"{key:>15}: {value}")
@@ -67,6 +69,12 @@ def _print_table(result: dict, text_label: str) -> None:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--base", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="BASE.gguf",
               help="Also the KL divergence of MODEL from this model (e.g. the F16 that MODEL was quantized from).")
+@click.option("--save-base-logits", "save_logits", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Save MODEL's log-probabilities to FILE for later --base-logits runs "
+              "(llama-perplexity --kl-divergence-base; the file reads in both).")
+@click.option("--base-logits", "base_logits", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="KL divergence from the base whose log-probabilities FILE holds "
+              "(saved with --save-base-logits, or by llama-perplexity): the base is not run again.")
 @click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="UTF-8 text to measure on [default: the built-in --lang text].")
 @click.option("--lang", type=click.Choice(list(BUILTIN_TEXTS)), default="zh",
@@ -80,10 +88,14 @@ def _print_table(result: dict, text_label: str) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LCPP_ZH_THREADS",
               help="CPU threads [default: physical cores].")
 @click.option("--gpu-layers", type=click.IntRange(min=0), default=0, help="Layers offloaded to the GPU (999: all).")
+@click.option("--rpc", default=None, envvar="LCPP_ZH_RPC", metavar="HOST:PORT[,HOST:PORT]",
+              help="llama.cpp RPC workers to offload --gpu-layers to (split by their free memory).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def eval_model(model: Path, base: Path | None, text_file: Path | None, lang: str, n_ctx: int, n_batch: int,
-               n_chunks: int | None, threads: int | None, gpu_layers: int, as_json: bool, quiet: bool) -> None:
+@click.pass_context
+def eval_model(click_ctx: click.Context, model: Path, base: Path | None, save_logits: Path | None,
+               base_logits: Path | None, text_file: Path | None, lang: str, n_ctx: int, n_batch: int,
+               n_chunks: int | None, threads: int | None, gpu_layers: int, rpc: str | None, as_json: bool, quiet: bool) -> None:
     """Perplexity of MODEL.gguf over a text, computed as llama.cpp's llama-perplexity computes it; with
     --base, the KL-divergence statistics of llama-perplexity --kl-divergence (mean KLD, percentiles,
     same top token, RMS Δp).
@@ -93,26 +105,48 @@ def eval_model(model: Path, base: Path | None, text_file: Path | None, lang: str
       lcpp-zh eval atom.Q4_K_M.gguf
       lcpp-zh eval atom.Q4_K_M.gguf --base atom.f16.gguf --json
       lcpp-zh eval model.gguf --text wiki.test.raw --ctx 512
+      lcpp-zh eval atom.f16.gguf --save-base-logits atom.zh.logits
+      lcpp-zh eval atom.Q4_K_M.gguf --base-logits atom.zh.logits
     """
-    from lcpp_zh.eval.perplexity import EvalSettings, kl_divergence, perplexity
+    from click.core import ParameterSource
+
+    from lcpp_zh.eval.base_logits import open_base_logits
+    from lcpp_zh.eval.perplexity import EvalSettings, kl_divergence, perplexity, save_base_logits
     from lcpp_zh.eval.texts import builtin_text, read_text
+
+    if sum(x is not None for x in (base, save_logits, base_logits)) > 1:
+        raise click.UsageError("give one of --base, --base-logits and --save-base-logits")
+
+    def given(name: str) -> bool:
+        return click_ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
     if text_file is not None:
         text, label = read_text(text_file), str(text_file)
     else:
         text, label = builtin_text(lang), f"built-in {lang}: {BUILTIN_TEXTS[lang]}"
-    settings = EvalSettings(n_ctx=n_ctx, n_batch=n_batch, n_chunks=n_chunks, n_threads=threads, gpu_layers=gpu_layers)
+    if base_logits is not None:
+        saved = open_base_logits(base_logits)
+        # The file holds its tokens and context: the text and --ctx are only checked against it when given.
+        n_ctx = n_ctx if given("n_ctx") else saved.n_ctx
+        if not (given("text_file") or given("lang")):
+            text, label = None, str((saved.meta or {}).get("text_label") or f"the tokens in {base_logits}")
+    settings = EvalSettings(n_ctx=n_ctx, n_batch=n_batch, n_chunks=n_chunks, n_threads=threads, gpu_layers=gpu_layers,
+                            rpc=rpc)
     with _chunk_progress(quiet or as_json) as progress:
-        if base is None:
-            result = perplexity(model, text, settings, progress)
+        if save_logits is not None:
+            result = save_base_logits(model, text, save_logits, settings, progress, text_label=label)
+        elif base is not None or base_logits is not None:
+            result = kl_divergence(model, base or base_logits, text, settings, progress)
         else:
-            result = kl_divergence(model, base, text, settings, progress)
+            result = perplexity(model, text, settings, progress)
     out = result.as_dict()
     out["text"] = label
+    if save_logits is not None:
+        out["base_logits"] = str(save_logits)
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
     else:
-        _print_table(out, f"{label} ({len(text):,} characters)")
+        _print_table(out, label if text is None else f"{label} ({len(text):,} characters)")
 
 
 COMMANDS = [eval_model]

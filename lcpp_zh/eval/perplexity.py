@@ -1,8 +1,9 @@
 """Perplexity of a GGUF model over a text, and with a base model the KL-divergence statistics, as llama.cpp's
 llama-perplexity computes them: the text tokenized once (with BOS), cut into chunks of n_ctx tokens, each
 chunk's first token replaced by BOS, only the second half of each chunk scored, n_batch / n_ctx chunks
-decoded side by side. The base model's log-probabilities go to a temporary file, 16 bits each, as
-llama-perplexity keeps them. Scoring formulas are in lcpp_zh.eval.scoring; nothing here prints.
+decoded side by side. The base model's log-probabilities go to a file, 16 bits each, as llama-perplexity
+keeps them (lcpp_zh.eval.base_logits): saved once and reused, or temporary. Scoring formulas are in
+lcpp_zh.eval.scoring; nothing here prints.
 """
 
 from __future__ import annotations
@@ -18,8 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from lcpp_zh.convert.atomic import atomic_path, check_writable
 from lcpp_zh.errors import EngineError, ModelError
-from lcpp_zh.eval.scoring import KldSums, PackedLogProbs, kld_statistics, pack_log_probs, token_nll
+from lcpp_zh.eval.base_logits import (
+    BaseLogits,
+    BaseLogitsWriter,
+    model_fingerprint,
+    open_base_logits,
+    row_width,
+    text_digest,
+)
+from lcpp_zh.eval.scoring import KldSums, kld_statistics, pack_log_probs, token_nll
 from lcpp_zh.runtime.llama_api import Batch, LlamaContext, LlamaModel
 
 logger = logging.getLogger(__name__)
@@ -36,6 +46,7 @@ class EvalSettings:
     n_chunks: int | None = None  # at most this many chunks (its --chunks)
     n_threads: int | None = None
     gpu_layers: int = 0
+    rpc: str | None = None  # llama.cpp RPC workers, HOST:PORT[,HOST:PORT]
 
 
 @dataclass
@@ -100,7 +111,7 @@ class _ChunkRunner:
             raise EngineError(f"--batch {settings.n_batch} must be a multiple of --ctx {n_ctx} (or smaller than it)")
         self.n_batch = min(settings.n_batch, self.n_seq * n_ctx)
         self.first = n_ctx // 2
-        self.model = LlamaModel(path, gpu_layers=settings.gpu_layers)
+        self.model = LlamaModel(path, gpu_layers=settings.gpu_layers, rpc=settings.rpc)
         try:
             self.ctx = _EvalContext(self.model, n_ctx=self.n_seq * n_ctx, n_batch=self.n_batch,
                                     n_ubatch=settings.n_ubatch, n_seq=self.n_seq,
@@ -199,62 +210,106 @@ def perplexity(path: str | Path, text: str, settings: EvalSettings = EvalSetting
                       chunk_ppl=chunk_ppl)
 
 
-class _PackedFile:
-    """The base model's packed log-probabilities of every scored row, in a temporary file."""
-
-    def __init__(self, folder: Path, rows: int, n_vocab: int) -> None:
-        needed = rows * n_vocab * 2
-        free = shutil.disk_usage(folder).free
-        if needed + (64 << 20) > free:
-            raise EngineError(f"{folder}: {needed / 2**30:.2f} GiB needed for the base model's log-probabilities, "
-                              f"{free / 2**30:.2f} GiB free (fewer --chunks, or TMPDIR elsewhere)")
-        self.codes = np.lib.format.open_memmap(folder / "base-log-probs.npy", mode="w+", dtype=np.uint16,
-                                               shape=(max(rows, 1), n_vocab))
-        self.scale = np.zeros(rows, np.float32)
-        self.offset = np.zeros(rows, np.float32)
-
-    def put(self, row: int, packed: PackedLogProbs) -> None:
-        n = len(packed.scale)
-        self.codes[row: row + n] = packed.codes
-        self.scale[row: row + n], self.offset[row: row + n] = packed.scale, packed.offset
-
-    def get(self, row: int, n: int) -> PackedLogProbs:
-        return PackedLogProbs(self.scale[row: row + n], self.offset[row: row + n], np.asarray(self.codes[row: row + n]))
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
-def kl_divergence(path: str | Path, base_path: str | Path, text: str, settings: EvalSettings = EvalSettings(),
-                  progress: Progress | None = None) -> EvalResult:
-    """Perplexity of `path` and its KL divergence from `base_path` over `text`, on the base model's tokens
-    (llama-perplexity --kl-divergence-base, then --kl-divergence)."""
+def save_base_logits(base_path: str | Path, text: str, destination: str | Path,
+                     settings: EvalSettings = EvalSettings(), progress: Progress | None = None,
+                     text_label: str | None = None) -> EvalResult:
+    """Compute the base model's packed log-probabilities over `text` into `destination` (llama-perplexity
+    --kl-divergence-base's file, with lcpp-zh's trailer); returns the base's perplexity."""
     started = time.monotonic()
+    base_path, destination = Path(base_path), Path(destination)
+    check_writable(destination)
+    fingerprint = model_fingerprint(base_path)
     n_scored = settings.n_ctx - 1 - settings.n_ctx // 2
-    with tempfile.TemporaryDirectory(prefix="lcpp-zh-kld-") as folder:
-        base = _ChunkRunner(Path(base_path), settings)
-        try:
-            tokens = base.tokenize(text)
-            n_chunks = _n_chunks(len(tokens), settings)
-            n_vocab = base.n_vocab
-            packed_file = _PackedFile(Path(folder), n_chunks * n_scored, n_vocab)
-            for chunk, logits in base.chunks(tokens, n_chunks):
-                packed, _nll = pack_log_probs(logits, _targets(tokens, chunk, settings.n_ctx))
-                packed_file.put(chunk * n_scored, packed)
+    runner = _ChunkRunner(base_path, settings)
+    try:
+        tokens = runner.tokenize(text)
+        n_chunks = _n_chunks(len(tokens), settings)
+        _check_free_space(destination.parent, n_chunks * n_scored * row_width(runner.n_vocab) * 2)
+        nll = nll2 = 0.0
+        with atomic_path(destination) as temporary, open(temporary, "wb") as handle:
+            writer = BaseLogitsWriter(handle, settings.n_ctx, runner.n_vocab, tokens, n_chunks)
+            for chunk, logits in runner.chunks(tokens, n_chunks):
+                packed, values = pack_log_probs(logits, _targets(tokens, chunk, settings.n_ctx))
+                writer.put(packed)
+                values64 = values.astype(np.float64)
+                nll += float(values64.sum())
+                nll2 += float((values64 * values64).sum())
                 if progress:
                     progress("base", chunk + 1, n_chunks)
-        finally:
-            base.close()
-        runner = _ChunkRunner(Path(path), settings)
-        try:
-            if runner.n_vocab != n_vocab:
-                raise ModelError(f"{path} has {runner.n_vocab} tokens, the base model {n_vocab}: "
-                                 "KL divergence needs the same vocabulary")
-            sums = KldSums()
-            for chunk, logits in runner.chunks(tokens, n_chunks):
-                sums.add(logits, _targets(tokens, chunk, settings.n_ctx), packed_file.get(chunk * n_scored, n_scored))
-                if progress:
-                    progress("model", chunk + 1, n_chunks)
-        finally:
-            runner.close()
-        del packed_file
+            name = runner.model.metadata().get("general.name")
+            writer.finish({"fingerprint": fingerprint, "model": str(base_path), "model_name": name,
+                           "text_sha256": text_digest(text), "text_label": text_label, "n_ctx": settings.n_ctx,
+                           "chunks": n_chunks, "n_vocab": runner.n_vocab, "tokens": len(tokens)})
+    finally:
+        runner.close()
+    count = n_chunks * n_scored
+    mean = nll / count
+    var = nll2 / count - mean * mean
+    ppl = math.exp(mean)
+    error = math.sqrt(var / (count - 1)) * ppl if var > 0 and count > 1 else 0.0
+    return EvalResult(str(base_path), settings.n_ctx, n_chunks, count, ppl, error, time.monotonic() - started)
+
+
+def _check_free_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if needed + (64 << 20) > free:
+        raise EngineError(f"{folder}: {needed / 2**30:.2f} GiB needed for the base model's log-probabilities, "
+                          f"{free / 2**30:.2f} GiB free (fewer --chunks, or TMPDIR elsewhere)")
+
+
+def kl_divergence(path: str | Path, base: str | Path, text: str | None, settings: EvalSettings = EvalSettings(),
+                  progress: Progress | None = None) -> EvalResult:
+    """Perplexity of `path` and its KL divergence from `base` over `text`, on the base model's tokens
+    (llama-perplexity --kl-divergence). `base` is the base GGUF, computed here into a temporary file first,
+    or a file of save_base_logits (or of llama-perplexity --kl-divergence-base); `text`, which such a file
+    does not need, is checked against the one it was computed on when given."""
+    base = Path(base)
+    if _is_gguf(base):
+        if text is None:
+            raise ModelError(f"{base}: a base model needs the text to evaluate on")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="lcpp-zh-kld-") as folder:
+            saved = Path(folder) / "base.logits"
+            save_base_logits(base, text, saved, settings, progress)
+            result = _kl_from_file(Path(path), open_base_logits(saved), None, settings, progress, check=False)
+        result.base, result.seconds = str(base), time.monotonic() - started
+        return result
+    return _kl_from_file(Path(path), open_base_logits(base), text, settings, progress, check=True)
+
+
+def _kl_from_file(path: Path, saved: BaseLogits, text: str | None, settings: EvalSettings,
+                  progress: Progress | None, *, check: bool) -> EvalResult:
+    started = time.monotonic()
+    n_chunks = saved.n_chunks
+    if settings.n_chunks is not None:
+        if settings.n_chunks > saved.n_chunks:
+            raise ModelError(f"{saved.path} holds {saved.n_chunks} chunks, not {settings.n_chunks}: use --chunks "
+                             f"{saved.n_chunks} or fewer, or compute the base logits again")
+        n_chunks = settings.n_chunks
+    fingerprint = model_fingerprint(path) if check and saved.meta is not None else None
+    runner = _ChunkRunner(path, settings)
+    try:
+        if check:
+            saved.check(n_ctx=settings.n_ctx, n_vocab=runner.n_vocab, fingerprint=fingerprint, model=path, text=text)
+        elif runner.n_vocab != saved.n_vocab:
+            raise ModelError(f"{path} has {runner.n_vocab} tokens, the base model {saved.n_vocab}: "
+                             "KL divergence needs the same vocabulary")
+        tokens = saved.tokens
+        sums = KldSums()
+        for chunk, logits in runner.chunks(tokens, n_chunks):
+            sums.add(logits, _targets(tokens, chunk, settings.n_ctx), saved.chunk(chunk))
+            if progress:
+                progress("model", chunk + 1, n_chunks)
+    finally:
+        runner.close()
     stats = kld_statistics(sums)
     return EvalResult(str(path), settings.n_ctx, n_chunks, sums.count, float(stats["ppl"]), float(stats["ppl_error"]),
-                      time.monotonic() - started, base=str(base_path), kld=stats)
+                      time.monotonic() - started, base=str(saved.path), kld=stats)
