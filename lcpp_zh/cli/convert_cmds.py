@@ -10,9 +10,8 @@ from pathlib import Path
 
 import click
 
-from lcpp_zh.cli.eval_cmds import _chunk_progress
 from lcpp_zh.cli.lora_cmds import lora_options, pair_loras
-from lcpp_zh.cli.progress import byte_progress, human_size, report_written
+from lcpp_zh.cli.progress import byte_progress, human_size, report_written, stage_progress
 from lcpp_zh.convert.chat_templates import BUILTIN_TEMPLATES
 from lcpp_zh.convert.pipeline import OUTTYPE_CHOICES, convert_checkpoint
 from lcpp_zh.convert.quantize import QuantType, needs_imatrix
@@ -39,7 +38,7 @@ def imatrix_options(command):
 def _calibration(imatrix: Path | None, text: Path | None, threads: int | None, quiet: bool) -> Iterator:
     from lcpp_zh.eval.calibrate import Calibration
 
-    with _chunk_progress(quiet) as bar:
+    with stage_progress(quiet) as bar:
         yield Calibration(imatrix=imatrix, text=text, threads=threads,
                           notice=None if quiet else (lambda line: click.echo(line, err=True)),
                           progress=(lambda done, total: bar("imatrix", done, total)) if bar else None)

@@ -6,37 +6,13 @@ the progress bar to stderr.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
+from lcpp_zh.cli.progress import stage_progress
 from lcpp_zh.eval.texts import BUILTIN_TEXTS
-
-
-@contextlib.contextmanager
-def _chunk_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A `progress(stage, done, total)` callback drawing one tqdm bar per stage, or None."""
-    if quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            bars[stage] = tqdm(desc=stage, total=total, unit="chunk", file=sys.stderr, leave=False)
-        bars[stage].update(done - bars[stage].n)
-
-    try:
-        yield update
-    finally:
-        for bar in bars.values():
-            bar.close()
 
 
 def _print_table(result: dict, text_label: str) -> None:
@@ -132,7 +108,7 @@ def eval_model(click_ctx: click.Context, model: Path, base: Path | None, save_lo
             text, label = None, str((saved.meta or {}).get("text_label") or f"the tokens in {base_logits}")
     settings = EvalSettings(n_ctx=n_ctx, n_batch=n_batch, n_chunks=n_chunks, n_threads=threads, gpu_layers=gpu_layers,
                             rpc=rpc)
-    with _chunk_progress(quiet or as_json) as progress:
+    with stage_progress(quiet or as_json) as progress:
         if save_logits is not None:
             result = save_base_logits(model, text, save_logits, settings, progress, text_label=label)
         elif base is not None or base_logits is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from lcpp_zh.cli.eval_cmds import _chunk_progress
+from lcpp_zh.cli.progress import stage_progress
 from lcpp_zh.eval.texts import BUILTIN_TEXTS
 
 
@@ -57,7 +57,7 @@ def imatrix(model: Path, output: Path, text_file: Path | None, lang: str, n_ctx:
     else:
         text, label = builtin_text(lang), f"lcpp-zh built-in {lang}"
     started = time.monotonic()
-    with _chunk_progress(quiet or as_json) as bar:
+    with stage_progress(quiet or as_json) as bar:
         progress = (lambda done, total: bar("imatrix", done, total)) if bar else None
         matrix = compute_imatrix(model, text, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=threads,
                                  progress=progress, gpu_layers=gpu_layers)

@@ -32,6 +32,39 @@ def byte_progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None
         bar.close()
 
 
+# Units of the bars by stage; any other stage counts chunks.
+_STAGE_UNITS = {"convert": ("B", True), "types": ("type", False)}
+
+
+@contextmanager
+def stage_progress(quiet: bool, keep: tuple[str, ...] = ()) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A `progress(stage, done, total)` callback drawing one tqdm bar per stage (eval's base and model, the
+    advisor's conversion and types), or None. A finished stage's bar goes away unless it is in `keep`."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            unit, scale = _STAGE_UNITS.get(stage, ("chunk", False))
+            bars[stage] = tqdm(desc=stage, total=total, unit=unit, unit_scale=scale, file=sys.stderr,
+                               leave=stage in keep)
+        bar = bars[stage]
+        bar.update(done - bar.n)
+        if done >= total and stage not in keep:
+            bar.close()
+            del bars[stage]
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
 def report_written(path: Path, started: float, quiet: bool) -> None:
     """The CLI's result: `wrote PATH (SIZE) in T s` on stderr (unless quiet), the path alone on stdout."""
     if not quiet:

@@ -6,46 +6,14 @@ lcpp_zh.eval.advisor, the picture in lcpp_zh.eval.advisor_plot. Table to stdout,
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
+from lcpp_zh.cli.progress import stage_progress
 from lcpp_zh.eval.advisor import DEFAULT_KV_CTX, DEFAULT_LADDER, IMATRIX_LADDER
 from lcpp_zh.eval.texts import BUILTIN_TEXTS
-
-_UNITS = {"convert": ("B", True), "types": ("type", False)}
-
-
-@contextlib.contextmanager
-def _stage_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A `progress(stage, done, total)` callback with one tqdm bar per stage (bytes for the conversion)."""
-    if quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
-            unit, scale = _UNITS.get(stage, ("chunk", False))
-            bars[stage] = tqdm(desc=stage, total=total, unit=unit, unit_scale=scale, file=sys.stderr,
-                               leave=stage == "types")
-        bar = bars[stage]
-        bar.update(done - bar.n)
-        if done >= total and stage != "types":
-            bar.close()
-            del bars[stage]
-
-    try:
-        yield update
-    finally:
-        for bar in bars.values():
-            bar.close()
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -161,7 +129,7 @@ def quants(model: str, types: tuple[str, ...], memory: str | None, kv_ctx: int, 
         memory=limit, memory_label=memory, kv_ctx=kv_ctx, overhead=parse_memory(overhead), keep=keep,
         imatrix=imatrix, imatrix_chunks=imatrix_chunks, calibration=read_text(calibration) if calibration else None, n_prompt=n_prompt,
         n_gen=n_gen)
-    with _stage_progress(quiet or as_json) as progress:
+    with stage_progress(quiet or as_json, keep=("types",)) as progress:
         report = run_advisor(model, text, label, settings, progress)
     points, size_limit = plot_points(report)
     title = (f"{Path(model).name}: mean KLD from {Path(report.base_path).name} on the {label} text "
