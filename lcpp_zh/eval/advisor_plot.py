@@ -6,6 +6,7 @@ cache and the overhead are set aside). A PNG through matplotlib, or characters f
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ def write_png(points: Sequence[PlotPoint], limit: float | None, destination: Pat
         ax.set_yscale("log")
         ax.set_xlabel(f"file size ({unit})")
         ax.set_ylabel("mean KL divergence from the base (log scale)")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(textwrap.fill(title, 100), fontsize=9)  # long model names would run off the picture
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="lower left")
