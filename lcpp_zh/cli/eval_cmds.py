@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from lcpp_zh.cli.measure_options import gpu_layers_option, lang_option, threads_option
 from lcpp_zh.cli.progress import stage_progress
 from lcpp_zh.eval.texts import BUILTIN_TEXTS
 
@@ -53,17 +54,15 @@ def _print_table(result: dict, text_label: str) -> None:
               "(saved with --save-base-logits, or by llama-perplexity): the base is not run again.")
 @click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="UTF-8 text to measure on [default: the built-in --lang text].")
-@click.option("--lang", type=click.Choice(list(BUILTIN_TEXTS)), default="zh",
-              help="Built-in text when no --text: zh (论语 and 诗经), en (World Factbook introductions).")
+@lang_option
 @click.option("--ctx", "n_ctx", type=click.IntRange(min=8), default=512,
               help="Tokens per chunk; the second half of each chunk is scored (llama-perplexity's -c).")
 @click.option("--batch", "n_batch", type=click.IntRange(min=1), default=2048,
               help="Tokens per decode: batch / ctx chunks side by side (llama-perplexity's -b).")
 @click.option("--chunks", "n_chunks", type=click.IntRange(min=1), default=None,
               help="At most this many chunks [default: the whole text].")
-@click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LCPP_ZH_THREADS",
-              help="CPU threads [default: physical cores].")
-@click.option("--gpu-layers", type=click.IntRange(min=0), default=0, help="Layers offloaded to the GPU (999: all).")
+@threads_option
+@gpu_layers_option
 @click.option("--rpc", default=None, envvar="LCPP_ZH_RPC", metavar="HOST:PORT[,HOST:PORT]",
               help="llama.cpp RPC workers to offload --gpu-layers to (split by their free memory).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure.")

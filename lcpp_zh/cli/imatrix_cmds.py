@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
+from lcpp_zh.cli.measure_options import gpu_layers_option, lang_option, threads_option
 from lcpp_zh.cli.progress import stage_progress
-from lcpp_zh.eval.texts import BUILTIN_TEXTS
 
 
 @click.command("imatrix")
@@ -22,15 +22,13 @@ from lcpp_zh.eval.texts import BUILTIN_TEXTS
               help="Importance matrix to write (GGUF imatrix format, as llama-imatrix writes it).")
 @click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="UTF-8 calibration text [default: the built-in --lang text].")
-@click.option("--lang", type=click.Choice(list(BUILTIN_TEXTS)), default="zh",
-              help="Built-in text when no --text: zh (论语 and 诗经), en (World Factbook introductions).")
+@lang_option
 @click.option("--ctx", "n_ctx", type=click.IntRange(min=16), default=512,
               help="Tokens per chunk, each starting with BOS (llama-imatrix's -c).")
 @click.option("--chunks", "n_chunks", type=click.IntRange(min=1), default=None,
               help="At most this many chunks [default: the whole text].")
-@click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LCPP_ZH_THREADS",
-              help="CPU threads [default: physical cores].")
-@click.option("--gpu-layers", type=click.IntRange(min=0), default=0, help="Layers offloaded to the GPU (999: all).")
+@threads_option
+@gpu_layers_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the matrix.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 def imatrix(model: Path, output: Path, text_file: Path | None, lang: str, n_ctx: int, n_chunks: int | None,

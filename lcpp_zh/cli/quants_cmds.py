@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
+from lcpp_zh.cli.measure_options import lang_option, threads_option
 from lcpp_zh.cli.progress import stage_progress
 from lcpp_zh.eval.advisor import DEFAULT_KV_CTX, DEFAULT_LADDER, IMATRIX_LADDER
-from lcpp_zh.eval.texts import BUILTIN_TEXTS
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -68,13 +68,11 @@ def _default_plot_name(model: str) -> Path:
               help="Memory added to each estimate for llama.cpp's buffers and the process.")
 @click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="UTF-8 text to score on [default: the built-in --lang text].")
-@click.option("--lang", type=click.Choice(list(BUILTIN_TEXTS)), default="zh",
-              help="Built-in text when no --text: zh (论语 and 诗经), en (World Factbook introductions).")
+@lang_option
 @click.option("--ctx", "n_ctx", type=click.IntRange(min=8), default=512, help="Tokens per evaluation chunk.")
 @click.option("--chunks", "n_chunks", type=click.IntRange(min=1), default=20, help="Chunks scored per type.")
 @click.option("--batch", "n_batch", type=click.IntRange(min=1), default=2048, help="Tokens per decode in scoring.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LCPP_ZH_THREADS",
-              help="CPU threads [default: physical cores].")
+@threads_option
 @click.option("--pp", "n_prompt", type=click.IntRange(min=0), default=64,
               help="Prompt tokens timed per type (llama-bench's -p); 0 with --tg 0 times nothing.")
 @click.option("--tg", "n_gen", type=click.IntRange(min=0), default=64,
