@@ -20,7 +20,8 @@ $(error GPU=$(GPU): choose cuda, metal, vulkan or hip)
 endif
 endif
 CMAKE_ARGS_BACKENDS := -DGGML_RPC=on $(GPU_CMAKE_$(GPU))
-LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+# The version pinned in pyproject.toml, the one place it is written.
+LLAMA_CPP_PYTHON := llama-cpp-python==$(shell bash scripts/llama-cpp-python-pin.sh)
 # llama.cpp builds for the CPU it compiles on (-march=native). On a CPU with AMX whose kernel or hypervisor
 # does not grant the AMX tile state (virtual machines, sandboxes), ggml's AMX kernels fault with a general
 # protection error on the first batch of more than one token: measured on this project's build machines.
@@ -42,7 +43,7 @@ help:
 	@echo "make tools    - build llama.cpp's own llama-server, llama-bench, ... for comparisons"
 	@echo "make bench    - run the benchmarks in benchmarks/"
 	@echo "make gpu-check - NVIDIA GPU: CUDA build for this card, GPU tests, tg128 vs llama-bench (exits 0 without a GPU)"
-	@echo "make lint     - ruff"
+	@echo "make lint     - ruff (Python) and Biome (the page's JavaScript)"
 
 install: $(STAMP)
 
@@ -97,19 +98,31 @@ tools: install
 gpu-check:
 	NO_AMX_FLAGS="$(NO_AMX_FLAGS)" PYTHON=$(PY) bash scripts/gpu-check.sh
 
+# Every row of the README's benchmark table (gpu_bench.py runs in `make gpu-check`).
 bench: tools
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/convert_bench.py
 	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/generate_bench.py
 	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/serve_bench.py
+	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/multiturn_bench.py
+	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/eval_bench.py
+	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/imatrix_bench.py
+	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/rpc_bench.py
 	$(PY) benchmarks/soak_bench.py
 
 serve: install
 	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=<gguf, folder or repo id>"; exit 2; }
 	$(VENV)/bin/lcpp-zh serve "$(MODEL)"
 
-lint: install
+# The page's scripts are linted by Biome (package.json pins it; biome.json leaves the vendored files out),
+# installed from package-lock.json into node_modules on first use. Warnings fail the lint as errors do.
+lint: install node_modules/.bin/biome
 	$(VENV)/bin/ruff check lcpp_zh convert tests benchmarks scripts
+	node_modules/.bin/biome lint --error-on-warnings
+
+node_modules/.bin/biome: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache $(OUT)

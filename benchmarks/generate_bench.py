@@ -79,7 +79,7 @@ def default_model() -> Path:
 
 
 def main() -> None:
-    from lcpp_zh.runtime.engine import physical_cores
+    from lcpp_zh.common.system import physical_cores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)

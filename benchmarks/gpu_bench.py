@@ -18,7 +18,7 @@ TARGET = 0.9
 
 
 def main() -> None:
-    from lcpp_zh.runtime.engine import physical_cores
+    from lcpp_zh.common.system import physical_cores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama-bench", type=Path, default=None, help="llama-bench built with the same flags")

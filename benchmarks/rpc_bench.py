@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,9 +25,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from generate_bench import default_model, lcpp_zh_generate  # noqa: E402
-from serve_bench import free_port  # noqa: E402
 
 from fixtures.llama_tools import tools_dir  # noqa: E402
+from lcpp_zh.common.net import free_port, wait_http_ready, wait_tcp_ready  # noqa: E402
 
 LCPP_ZH = Path(sys.executable).parent / "lcpp-zh"
 # About 230 tokens: enough prompt for a prompt-processing rate, the same text for every run.
@@ -63,17 +62,11 @@ class Worker:
         self.endpoint = f"127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker on {self.endpoint} exited; see {self.log.name}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                time.sleep(0.2)  # let it take the next client after our bare probe
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"worker on {self.endpoint} not listening after {timeout} s")
+        try:
+            wait_tcp_ready("127.0.0.1", self.port, timeout, process=self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"worker on {self.endpoint}: {exc}; see {self.log.name}") from None
+        time.sleep(0.2)  # let it take the next client after our bare probe
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -106,15 +99,10 @@ def llama_server(exe: Path, model: Path, n: int, threads: int, rpc: list[str], l
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"llama-server exited; see {log.name}")
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.05)
+            try:
+                wait_http_ready(f"{url}/health", 600, process=process, interval=0.05)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"llama-server: {exc}; see {log.name}") from None
             load = time.perf_counter() - started
             body = {"prompt": PROMPT, "n_predict": n, "temperature": 0, "repeat_penalty": 1.0, "cache_prompt": False}
             timings = httpx.post(f"{url}/completion", json=body, timeout=600).json()["timings"]
@@ -144,7 +132,7 @@ def ratio(name: str, a: list[dict], b: list[dict], target: float | None = None) 
 
 
 def main() -> None:
-    from lcpp_zh.runtime.engine import physical_cores
+    from lcpp_zh.common.system import physical_cores
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="GGUF (default: the tests' SmolLM2)")

@@ -16,7 +16,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fixtures import cache_root  # noqa: E402
 from fixtures.smollm2 import GGUF_NAME  # noqa: E402
+from lcpp_zh.common.net import free_port, wait_http_ready  # noqa: E402
 
 # The SmolLM2 GGUF of the test fixtures (in the platform's user cache folder, or $LCPP_ZH_TEST_CACHE).
 DEFAULT_MODEL = cache_root() / "smollm2" / GGUF_NAME
@@ -51,12 +50,6 @@ class Run:
     @property
     def tps(self) -> float:
         return self.tokens / self.wall_s if self.wall_s else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_commands(model: Path, threads: int, parallel: int, ctx_per_slot: int, tools: Path | None) -> dict[str, list[str]]:
@@ -90,17 +83,10 @@ class Server:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"{self.name} not ready after {timeout} s")
+        try:
+            wait_http_ready(f"{self.base_url}/models", timeout, process=self.process, interval=0.3)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{self.name}: {exc}; see {self.log.name}") from None
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -17,7 +17,6 @@ import json
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fixtures import cache_root  # noqa: E402
 from fixtures.smollm2 import GGUF_NAME  # noqa: E402
+from lcpp_zh.common.net import free_port, wait_http_ready  # noqa: E402
 
 # The SmolLM2 GGUF of the test fixtures (in the platform's user cache folder, or $LCPP_ZH_TEST_CACHE).
 DEFAULT_MODEL = cache_root() / "smollm2" / GGUF_NAME
@@ -44,12 +44,6 @@ class Tally:
     hung_up: int = 0
     errors: int = 0
     tokens: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tree_rss(pid: int) -> int:
@@ -132,13 +126,7 @@ def main() -> None:
                                "--ctx", "2048", "--threads", str(args.threads), "--no-embeddings"],
                               stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_http_ready(f"{base}/health", 300, process=server, interval=0.3)
         warm = asyncio.run(soak(base, 40, args.clients, args.hangup, args.max_tokens, args.max_seconds))
         rss_warm = tree_rss(server.pid)
         t0 = time.monotonic()

@@ -1,6 +1,6 @@
 """Importance matrices on disk: llama.cpp's GGUF imatrix format (llama-imatrix's output) and its legacy .dat.
 
-Reads and writes with the `gguf` package; knows nothing of llama contexts (lcpp_zh.eval.imatrix computes
+Reads and writes with the `gguf` package; knows nothing of llama contexts (lcpp_zh.eval.quantization.imatrix computes
 matrices). Each entry is a weight tensor's summed squared input activations (`<name>.in_sum2`, one row per
 expert) and how many activation rows were summed (`<name>.counts`), as common/imatrix-loader.cpp reads them.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lcpp_zh.convert.atomic import atomic_path
+from lcpp_zh.common.atomic import atomic_path
 from lcpp_zh.errors import ConversionError
 
 logger = logging.getLogger(__name__)

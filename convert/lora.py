@@ -20,7 +20,7 @@ from lcpp_zh.convert.hub import download_snapshot, is_repo_id
 from lcpp_zh.convert.safetensors_reader import index_safetensors
 from lcpp_zh.convert.tensor_source import TensorSource
 from lcpp_zh.convert.torch_reader import index_torch_bin
-from lcpp_zh.errors import CheckpointError
+from lcpp_zh.errors import AdapterError
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,6 @@ _FULL_SUFFIXES = (".modules_to_save.weight", ".base_layer.weight", ".weight")
 # What an adapter download needs: config, weights, and the tokenizer a vocabulary-extending adapter ships.
 _ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.model",
                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "README.md"]
-
-
-class AdapterError(CheckpointError):
-    """A LoRA adapter that cannot be read or does not fit its base model."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from lcpp_zh.convert.atomic import atomic_path, check_writable
+from lcpp_zh.common.atomic import atomic_path, check_writable
 from lcpp_zh.convert.checkpoint import index_tensors, read_config
 from lcpp_zh.convert.lora import (
     AdapterError,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gguf
 
-from lcpp_zh.convert.atomic import atomic_path, check_writable
+from lcpp_zh.common.atomic import atomic_path, check_writable
 from lcpp_zh.convert.chat_templates import BUILTIN_TEMPLATES, detect_template_name
 from lcpp_zh.convert.checkpoint import Checkpoint, open_checkpoint
 from lcpp_zh.convert.gguf_output import Progress, register_tensors, write_gguf

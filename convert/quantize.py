@@ -1,7 +1,7 @@
 """Quantize a GGUF file with llama.cpp's own quantizer (`llama_model_quantize` via llama-cpp-python),
 optionally guided by an importance matrix as llama-quantize --imatrix passes it (with its quantize.imatrix.*
 metadata). The only place in the conversion pipeline that touches llama.cpp; it never computes a matrix
-(lcpp_zh.eval.imatrix does). Output is atomic: written under a temporary name, renamed on success.
+(lcpp_zh.eval.quantization.imatrix does). Output is atomic: written under a temporary name, renamed on success.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import os
 from enum import Enum
 from pathlib import Path
 
-from lcpp_zh.convert.atomic import atomic_path
+from lcpp_zh.common.atomic import atomic_path
+from lcpp_zh.common.llama_log import route_llama_logs
 from lcpp_zh.convert.imatrix_file import Imatrix, read_imatrix
-from lcpp_zh.convert.llama_log import route_llama_logs
 from lcpp_zh.errors import ConversionError
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class QuantType(str, Enum):
 
 # llama.cpp refuses these without an importance matrix (llama-quant.cpp's tensor_requires_imatrix: tensors of
 # type IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S or IQ3_XXS, and Q2_K within Q2_K_S). IQ2_M's default type is IQ2_S;
-# IQ3_XS makes attn_q, attn_k and the middle ffn_gate/ffn_up IQ3_XXS. tests/test_imatrix.py checks this list
+# IQ3_XS makes attn_q, attn_k and the middle ffn_gate/ffn_up IQ3_XXS. tests/eval/test_imatrix.py checks this list
 # against llama.cpp's own dry run.
 NEEDS_IMATRIX = frozenset({QuantType.IQ1_S, QuantType.IQ1_M, QuantType.IQ2_XXS, QuantType.IQ2_XS, QuantType.IQ2_S,
                            QuantType.IQ2_M, QuantType.IQ3_XXS, QuantType.IQ3_XS, QuantType.Q2_K_S})

@@ -11,6 +11,8 @@ import logging
 
 import gguf
 
+from lcpp_zh.common.sampling_defaults import SEED_SAMPLING
+
 logger = logging.getLogger(__name__)
 
 # gguf.Metadata's attribute for every general.sampling.* key its writer knows.
@@ -20,13 +22,13 @@ SAMPLING_FIELDS = (
     "sampling_mirostat", "sampling_mirostat_tau", "sampling_mirostat_eta",
 )
 
-# Llama-Chinese README (the seed's inference examples): top_k 50, top_p 0.95, temperature 0.3,
-# repetition_penalty 1.3. Atom's and Llama2-Chinese's generation_config.json carry none of them.
+# The Llama-Chinese README's settings (the seed's, one table for converter and runtime). Atom's and
+# Llama2-Chinese's generation_config.json carry none of them.
 FLAGALPHA_SAMPLING: dict[str, int | float] = {
-    "sampling_top_k": 50,
-    "sampling_top_p": 0.95,
-    "sampling_temp": 0.3,
-    "sampling_penalty_repeat": 1.3,
+    "sampling_top_k": SEED_SAMPLING.top_k,
+    "sampling_top_p": SEED_SAMPLING.top_p,
+    "sampling_temp": SEED_SAMPLING.temperature,
+    "sampling_penalty_repeat": SEED_SAMPLING.repeat_penalty,
 }
 
 # convert's --sampling: auto adds RECOMMENDED_SAMPLING where the checkpoint has none; checkpoint never does.

@@ -39,3 +39,19 @@ class EngineError(LcppError):
 
 class EngineUnavailable(EngineError):
     """The model's runner is restarting or has failed: retry later (a server answers 503)."""
+
+
+class QueueFull(EngineError):
+    """Every slot is busy and the waiting queue is full: retry later (a server answers 503)."""
+
+
+class AdapterError(CheckpointError):
+    """A LoRA adapter that cannot be read or does not fit its base model."""
+
+
+class RpcError(LcppError):
+    """An RPC worker that cannot be used (unreachable, not a worker, another protocol version, busy)."""
+
+
+class RpcUnavailable(LcppError):
+    """llama-cpp-python was built without ggml's RPC backend."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import platformdirs
 
+from lcpp_zh.common.console import status
 from lcpp_zh.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def _convert(source: str, target: Path, qtype: str, template: str | None, progre
     from lcpp_zh.convert.pipeline import convert_checkpoint
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    logger.warning("converting %s to %s (first use only)", source, target.name)
+    status(logger, "converting %s to %s (first use only)", source, target.name)
     if qtype in _UNQUANTIZED:
         return convert_checkpoint(source, target, outtype=qtype.lower(), template=template, progress=progress)
     return convert_checkpoint(source, target, quant=qtype, template=template, progress=progress)
@@ -122,23 +123,62 @@ class CachedModel:
     name: str
     path: Path
     size: int
+    quant: str | None = None  # from the file name (the cache names files NAME.QUANT.gguf)
+
+
+# The quantization a file name ends with: atom.Q4_K_M.gguf, SmolLM2-135M-Instruct-Q4_1.gguf, x.f16.gguf.
+_QUANT_SUFFIX = re.compile(r"[._-]((?:I?Q\d\w*)|BF16|F16|F32)$", re.IGNORECASE)
+# Parts 2.. of a split GGUF (llama.cpp's gguf-split names): only the first part is loadable.
+_LATER_SHARD = re.compile(r"-(\d{5})-of-\d{5}$")
+
+
+def quant_of(file_name: str) -> str | None:
+    match = _QUANT_SUFFIX.search(file_name.removesuffix(".gguf"))
+    return match.group(1).upper() if match else None
+
+
+def gguf_files(folder: Path) -> list[CachedModel]:
+    """The loadable .gguf files directly in `folder` (a stat each, no reading): hidden files (conversions
+    in progress) and split parts after the first are left out."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.glob("*.gguf")):
+        shard = _LATER_SHARD.search(path.stem)
+        if path.name.startswith(".") or (shard and shard.group(1) != "00001"):
+            continue
+        try:
+            if path.is_file():
+                found.append(CachedModel(path.name, path, path.stat().st_size, quant_of(path.name)))
+        except OSError:  # removed or unreadable between the listing and the stat
+            continue
+    return found
 
 
 def list_models() -> list[CachedModel]:
     """The converted models in the cache, by name."""
-    folder = models_dir()
-    if not folder.is_dir():
-        return []
-    files = sorted(p for p in folder.glob("*.gguf") if p.is_file() and not p.name.startswith("."))
-    return [CachedModel(p.name, p, p.stat().st_size) for p in files]
+    return gguf_files(models_dir())
+
+
+def find_cached(name: str) -> list[CachedModel]:
+    """The cached models NAME means: a file name, a model's name (all its quantizations), a repo id, or a path
+    to a file in the cache. A path anywhere else is refused: only the cache's own files are ever matched."""
+    path = Path(name).expanduser()
+    if path.exists() or path.is_absolute() or name.startswith("."):
+        # abspath, not resolve: a link in the cache is the cache's file even when it points elsewhere.
+        if Path(os.path.abspath(path)).parent != Path(os.path.abspath(models_dir())):
+            raise ModelError(f"{name}: not in the model cache ({models_dir()}); only cached models are removed")
+        name = path.name
+    wanted = _name_key(name)
+    matches = [m for m in list_models() if wanted in _names_of(m.name)]
+    if not matches:
+        raise ModelError(f"{name}: no such cached model; `lcpp-zh list` lists them")
+    return matches
 
 
 def remove_model(name: str) -> list[Path]:
-    """Delete cached models matching NAME: a file name, or a model's name (all its quantizations)."""
-    wanted = _name_key(name)
-    matches = [m.path for m in list_models() if wanted in _names_of(m.name)]
-    if not matches:
-        raise ModelError(f"{name}: no such cached model; `lcpp-zh models` lists them")
+    """Delete cached models matching NAME (see find_cached)."""
+    matches = [m.path for m in find_cached(name)]
     for path in matches:
         path.unlink()
     return matches

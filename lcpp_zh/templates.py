@@ -29,11 +29,12 @@ from lcpp_zh.errors import TemplateError
 logger = logging.getLogger(__name__)
 
 __all__ = ["BUILTIN_TEMPLATES", "STOP_STRINGS", "detect_template_name", "ChatTemplate", "Rendered",
-           "template_names", "get_template", "resolve_template", "render_chat", "render_with_contents",
-           "partition_special", "tokenize_protected", "EXAMPLE_CONVERSATION"]
+           "template_names", "get_template", "choose_template", "MODEL_SOURCE_TEMPLATES", "resolve_template",
+           "render_chat", "render_with_contents", "partition_special", "tokenize_protected", "EXAMPLE_CONVERSATION"]
 
 AUTO = "auto"
-ROLES = ("system", "user", "assistant")
+# `tool` results reach only templates that know tools (lcpp_zh.server.tools); others get them as text.
+ROLES = ("system", "user", "assistant", "tool")
 
 EXAMPLE_CONVERSATION = [
     {"role": "system", "content": "你是一个乐于助人的助手。"},
@@ -56,14 +57,16 @@ class ChatTemplate:
     source: str
     stops: tuple[str, ...] = ()
 
-    def render_text(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool,
-                    bos_token: str, eos_token: str) -> str:
+    def render_text(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool,
+                    bos_token: str, eos_token: str, tools: Sequence[Mapping[str, Any]] | None = None) -> str:
         check_messages(messages)
         _render_deadline.value = time.monotonic() + RENDER_TIME_LIMIT_S
+        # `tools` only when there are some: templates test `tools is defined` or `tools is not none`.
+        extra = {"tools": [dict(t) for t in tools]} if tools else {}
         try:
             template = _compiled(self.source)
             return template.render(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
-                                   bos_token=bos_token, eos_token=eos_token)
+                                   bos_token=bos_token, eos_token=eos_token, **extra)
         except TemplateError:
             raise
         except Exception as exc:  # noqa: BLE001 - jinja raises many kinds; all mean a broken template
@@ -178,6 +181,27 @@ def load_template_file(path: str | Path) -> ChatTemplate:
     return ChatTemplate(path.name, source, guess_stops(source))
 
 
+# The seed's --model_source picks the chat format.
+MODEL_SOURCE_TEMPLATES = {"llama2_chinese": "llama2-chinese", "llama2_meta": "llama2"}
+
+
+def choose_template(name: str | None = None, path: str | Path | None = None,
+                    model_source: str | None = None) -> str | ChatTemplate | None:
+    """The chat template the command line asks for, checked before any model loads: a --template-file's
+    template, else the built-in --template (its name; TemplateError for an unknown one), else the seed's
+    --model_source's, else None (auto: resolve_template picks it once the model is loaded)."""
+    if path is not None:
+        return load_template_file(path)
+    if name and name != AUTO:
+        return get_template(name).name
+    if model_source:
+        if model_source not in MODEL_SOURCE_TEMPLATES:
+            raise TemplateError(f"unknown model source {model_source!r}; choose one of "
+                                f"{', '.join(MODEL_SOURCE_TEMPLATES)}")
+        return MODEL_SOURCE_TEMPLATES[model_source]
+    return None
+
+
 def resolve_template(name: str | None, *, gguf_template: str | None = None,
                      model_names: Sequence[str | None] = (), has_chatml_tokens: bool = False) -> ChatTemplate:
     """The template to use: a named built-in, or for `auto`/None the GGUF's own template, then one
@@ -216,9 +240,9 @@ _OPEN, _CLOSE = "\ue000", "\ue001"
 _C_SPACE = " \t\n\v\f\r"
 
 
-def render_with_contents(template: ChatTemplate, messages: Sequence[Mapping[str, str]], *,
-                         add_generation_prompt: bool, bos_token: str,
-                         eos_token: str) -> tuple[str, list[tuple[int, int]]]:
+def render_with_contents(template: ChatTemplate, messages: Sequence[Mapping[str, Any]], *,
+                         add_generation_prompt: bool, bos_token: str, eos_token: str,
+                         tools: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the [start, end) spans of message contents in it.
 
     The template renders twice: with the real contents, and with a stand-in per message. The stand-in render
@@ -226,7 +250,8 @@ def render_with_contents(template: ChatTemplate, messages: Sequence[Mapping[str,
     stripped, lstripped or rstripped (Jinja's trim and Python's strip methods). A template that changes
     contents in another way (replace, escaping, ...) gets its own segments around the untouched contents; one
     that cuts a stand-in apart is refused rather than ever letting content text become control tokens."""
-    options = {"add_generation_prompt": add_generation_prompt, "bos_token": bos_token, "eos_token": eos_token}
+    options = {"add_generation_prompt": add_generation_prompt, "bos_token": bos_token, "eos_token": eos_token,
+               "tools": tools}
     text = template.render_text(messages, **options)
     nonce = f"{secrets.randbits(64):020d}"
     # An empty content needs no stand-in (nothing to protect), and keeps templates that test for it alike.
@@ -338,8 +363,8 @@ def tokenize_protected(engine: Any, text: str, protected: Sequence[tuple[int, in
     return tokens
 
 
-def render_chat(engine: Any, messages: Sequence[Mapping[str, str]], name: str | ChatTemplate | None = None, *,
-                add_generation_prompt: bool = True) -> Rendered:
+def render_chat(engine: Any, messages: Sequence[Mapping[str, Any]], name: str | ChatTemplate | None = None, *,
+                add_generation_prompt: bool = True, tools: Sequence[Mapping[str, Any]] | None = None) -> Rendered:
     """Render a conversation with the engine's vocabulary: control-token texts the template writes (BOS/EOS,
     `<|im_end|>`) become control tokens, the same texts inside a message stay text; a BOS is put in front only
     when the model wants one and the template did not write it (never doubled)."""
@@ -347,6 +372,6 @@ def render_chat(engine: Any, messages: Sequence[Mapping[str, str]], name: str | 
     bos = engine.token_text(engine.bos_id) if engine.bos_id >= 0 else ""
     eos = engine.token_text(engine.eos_id) if engine.eos_id >= 0 else ""
     text, spans = render_with_contents(template, messages, add_generation_prompt=add_generation_prompt,
-                                       bos_token=bos, eos_token=eos)
+                                       bos_token=bos, eos_token=eos, tools=tools)
     tokens = tokenize_protected(engine, text, spans, add_bos=bool(getattr(engine, "add_bos", False)))
     return Rendered(text=text, tokens=tokens, stops=list(template.stops), template=template.name)

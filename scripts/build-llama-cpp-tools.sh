@@ -6,7 +6,7 @@
 # DEST (default <lcpp-zh cache>/llama.cpp-tools) holds one folder per version; later calls return at once.
 # NO_AMX_FLAGS: the same CPU flags as the llama-cpp-python build (see the Makefile's AMX note).
 set -euo pipefail
-ver=${1:-0.3.36}
+ver=${1:-$(bash "$(dirname "$0")/llama-cpp-python-pin.sh")}
 python=${PYTHON:-python3}
 # lcpp-zh's cache folder, as lcpp_zh.resolve.cache_dir finds it: $LCPP_ZH_CACHE, else platformdirs'
 # user cache folder. Without platformdirs (run before `make install`) the same folder on Linux

@@ -11,7 +11,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-ver=0.3.36  # keep equal to the llama-cpp-python pin in pyproject.toml
+ver=$(bash scripts/llama-cpp-python-pin.sh)
 python=${PYTHON:-$root/.venv/bin/python}
 dir=${GPU_CHECK_DIR:-$root/build/gpu-check}
 rehearse=${GPU_CHECK_REHEARSE:-}
@@ -79,7 +79,7 @@ find "$dir/build" -name llama-bench -type f -perm -u+x -exec cp {} "$dir/bin/" \
 export LLAMA_CPP_LIB_PATH=$dir/lib LD_LIBRARY_PATH=$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 tests=0
-"$python" -m pytest -m gpu tests/test_gpu.py -q -rs -p no:cacheprovider 2>&1 | tee "$dir/pytest.log" || tests=$?
+"$python" -m pytest -m gpu tests/runtime/test_gpu.py -q -rs -p no:cacheprovider 2>&1 | tee "$dir/pytest.log" || tests=$?
 if [[ -z $rehearse ]] && grep -q skipped "$dir/pytest.log"; then
   echo "gpu-check: GPU tests skipped on a GPU machine: ggml does not see the card through $dir/lib" >&2
   tests=1

@@ -9,13 +9,26 @@ makes our GGUF files byte-identical to llama.cpp's converter of the same release
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-VERSION = "0.3.36"  # keep equal to the llama-cpp-python pin in pyproject.toml
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pinned_version() -> str:
+    """The llama-cpp-python version pyproject.toml pins (read as scripts/llama-cpp-python-pin.sh reads it)."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r'^\s*"llama-cpp-python==([0-9][0-9A-Za-z.+-]*)"', text, re.M)
+    if not match:
+        sys.exit("pyproject.toml pins no llama-cpp-python version")
+    return match.group(1)
+
+
+VERSION = pinned_version()
 SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
 
 

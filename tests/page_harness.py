@@ -1,8 +1,10 @@
-"""Drive the web page in Debian's chromium through Playwright, for the tests/test_web_page*.py tests.
+"""Drive the web page in Debian's chromium through Playwright, for the tests/web/test_web_page*.py tests.
 
 `PageWatch` opens a page at a given size and language and records what would make it broken for a user:
 uncaught exceptions, console errors and any request that leaves the server (the page must fetch nothing from
 anywhere else). Helpers below do what a user does: open the settings, set a field, send a message, wait.
+The page's Content-Security-Policy forbids eval, and Playwright polls a bare-expression `wait_for_function`
+with eval inside the page: waits here are written as functions ("() => ..."), which it runs without eval.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,10 @@ SMALL_PHONE = {"width": 360, "height": 740}
 DESKTOP = {"width": 1280, "height": 900}
 # Long answers so that "stop" has something to stop; the grammar keeps the model from ending on its own.
 ENDLESS_CHINESE = "root ::= [\u4e00-\u9fa5] root"
+# Any Content-Security-Policy violation becomes a console error, so that `check()` fails on it (Chromium logs
+# most of them itself; the event covers all). Init scripts are added by the browser, outside the page's CSP.
+REPORT_CSP = """document.addEventListener('securitypolicyviolation',
+  (e) => console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`));"""
 
 
 def launch_browser():
@@ -79,14 +86,19 @@ class PageWatch:
 
 
 def open_page(browser: Any, base_url: str, *, viewport: dict[str, int] = DESKTOP, locale: str = "zh-CN",
-              allowed_console: tuple[str, ...] = (), wait_models: bool = True) -> PageWatch:
-    context = browser.new_context(viewport=viewport, locale=locale, accept_downloads=True,
+              allowed_console: tuple[str, ...] = (), wait_models: bool = True, color_scheme: str = "light",
+              before: Callable[[Any], None] | None = None) -> PageWatch:
+    """A watched page on the server; `before(page)` runs before it loads (routes, a fake clock)."""
+    context = browser.new_context(viewport=viewport, locale=locale, accept_downloads=True, color_scheme=color_scheme,
                                   permissions=["clipboard-read", "clipboard-write"])
+    context.add_init_script(REPORT_CSP)
     page = context.new_page()
     watch = PageWatch(page, base_url, allowed_console=allowed_console)
     page.on("pageerror", lambda exc: watch.errors.append(f"pageerror: {exc}"))
     page.on("console", watch.on_console)
     page.on("request", watch.on_request)
+    if before is not None:
+        before(page)
     page.goto(base_url + "/")
     if wait_models:
         page.wait_for_selector("#model-list input[type=radio]", state="attached", timeout=60_000)
@@ -101,7 +113,7 @@ def open_settings(page: Any, section: str | None = None) -> None:
     if is_narrow(page) and not page.locator("#settings.open").count():
         page.click("#open-settings")
         # The drawer slides in (0.2 s): wait until it is all on screen.
-        page.wait_for_function("document.querySelector('#settings').getBoundingClientRect().right <= innerWidth + 0.5")
+        page.wait_for_function("() => document.querySelector('#settings').getBoundingClientRect().right <= innerWidth + 0.5")
     if section:
         page.locator(section).evaluate("el => { el.closest('details').open = true; }")
 
@@ -127,7 +139,7 @@ def send(page: Any, text: str) -> None:
 
 def wait_idle(page: Any, timeout: float = 300_000) -> None:
     """Until no answer is streaming (the send button is back)."""
-    page.wait_for_function("!document.querySelector('#send').hidden && !document.querySelector('.msg.streaming')",
+    page.wait_for_function("() => !document.querySelector('#send').hidden && !document.querySelector('.msg.streaming')",
                            timeout=timeout)
 
 

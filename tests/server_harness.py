@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from conftest import lcpp_zh_command
 
+from lcpp_zh.common.net import free_port, wait_http_ready
+
 START_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -87,15 +81,9 @@ def start_server(args: list[str], workdir: Path, *, api_key: str | None = None, 
 
 
 def wait_ready(server: Server, timeout: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"server not ready after {timeout} s:\n{server.log()}")
+    """Until /health answers 200; the server's log goes with the error when it exits or never gets there."""
+    try:
+        wait_http_ready(f"{server.url}/health", timeout, process=server.process)
+    except (RuntimeError, TimeoutError) as exc:
+        server.stop()
+        raise RuntimeError(f"{exc}:\n{server.log()}") from None

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lcpp_zh.common.atomic import write_atomic
 from lcpp_zh.errors import EngineError, LcppError
 from lcpp_zh.runtime.sampling import SamplingParams
 from lcpp_zh.runtime.stream import Finished, TextDelta
@@ -183,7 +183,7 @@ class ChatSession:
             payload = (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
         except ValueError as exc:  # a lone surrogate from undecodable input
             raise LcppError(f"{path}: cannot save the conversation ({exc})") from exc
-        write_atomic(path, payload)
+        write_atomic(path, payload, _save_failure)
         return path
 
     def load(self, path: str | os.PathLike) -> int:
@@ -193,25 +193,8 @@ class ChatSession:
         return len(messages)
 
 
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write under a temporary name beside `path`, fsync, rename: a failure leaves nothing behind."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise LcppError(f"{path}: cannot save the conversation ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():  # keep the permissions of the file replaced (mkstemp makes it private)
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise LcppError(f"{path}: cannot save the conversation ({exc.strerror or exc})") from exc
-        raise
+def _save_failure(path: Path, why: str) -> LcppError:
+    return LcppError(f"{path}: cannot save the conversation ({why})")
 
 
 def read_conversation(path: Path,

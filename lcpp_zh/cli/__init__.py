@@ -13,6 +13,7 @@ import sys
 import click
 
 from lcpp_zh import __version__
+from lcpp_zh.common.console import STATUS, configure_console
 from lcpp_zh.errors import LcppError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "LCPP_ZH", "show_default": True}
@@ -32,8 +33,9 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
       lcpp-zh chat atom.Q4_K_M.gguf
       lcpp-zh serve atom.Q4_K_M.gguf --parallel 4
     """
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Status lines (ready, the offload plan, a conversion starting) by default, without a prefix; -v adds INFO,
+    # -vv DEBUG. Warnings and errors keep their level and logger.
+    configure_console(max(STATUS - 10 * verbose, logging.DEBUG))
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
 
@@ -46,12 +48,13 @@ def _register_commands() -> None:
         eval_cmds,
         imatrix_cmds,
         lora_cmds,
+        models_cmds,
         quants_cmds,
         serve_cmds,
         worker_cmds,
     )
 
-    for module in (convert_cmds, lora_cmds, chat_cmds, serve_cmds, eval_cmds, imatrix_cmds, quants_cmds,
+    for module in (convert_cmds, lora_cmds, chat_cmds, models_cmds, serve_cmds, eval_cmds, imatrix_cmds, quants_cmds,
                    devices_cmds, worker_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)

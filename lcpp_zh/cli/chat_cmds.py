@@ -1,4 +1,4 @@
-"""Runtime commands: chat, generate, models (list / rm), templates.
+"""Runtime commands: chat, generate, templates (the model cache's commands live in models_cmds).
 
 Thin: options are parsed here, then lcpp_zh.runtime.loader opens the engine and lcpp_zh.chat.repl / lcpp_zh.chat.generate
 do the work. The model-loading and sampling options are shared decorators so every command spells them
@@ -12,14 +12,17 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from lcpp_zh.cli.convert_cmds import QUANT_CHOICES
 from lcpp_zh.cli.lora_cmds import pair_loras
-from lcpp_zh.cli.progress import byte_progress, human_size
+from lcpp_zh.cli.progress import byte_progress
+from lcpp_zh.common.sampling_defaults import SEED_SAMPLING as SEED
 from lcpp_zh.resolve import DEFAULT_QUANT, INFER_DTYPES
-from lcpp_zh.templates import template_names
+from lcpp_zh.runtime.settings import FLASH_ATTN_MODES, KV_CACHE_TYPES, EngineSettings, ModelChoice
+from lcpp_zh.templates import AUTO, template_names
 
 TEMPLATE_CHOICES = template_names()
 
@@ -31,16 +34,16 @@ def model_options(fn: Callable) -> Callable:
                      help="Quantization when MODEL is a Hugging Face folder or repo id (see `lcpp-zh quantize -h`)."),
         click.option("--infer_dtype", "--infer-dtype", "infer_dtype", type=click.Choice(list(INFER_DTYPES)),
                      default=None, help="The seed's flag: int4, int8, float16 (= Q4_K_M, Q8_0, F16); wins over --quant."),
-        click.option("--template", default="auto", envvar="LCPP_ZH_TEMPLATE",
+        click.option("--template", default=AUTO, envvar="LCPP_ZH_TEMPLATE",
                      help=f"Chat format: {', '.join(TEMPLATE_CHOICES)}; auto: the GGUF's own template, else by "
                           "model name."),
         click.option("--template-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                      help="A Jinja chat template (Hugging Face convention) to use instead."),
-        click.option("--ctx", "n_ctx", type=int, default=4096, envvar="LCPP_ZH_CTX",
+        click.option("--ctx", "n_ctx", type=int, default=EngineSettings.n_ctx, envvar="LCPP_ZH_CTX",
                      help="Context size in tokens."),
         click.option("--threads", type=click.IntRange(min=1), default=None, envvar="LCPP_ZH_THREADS",
                      help="CPU threads [default: physical cores]."),
-        click.option("--gpu-layers", default="auto", envvar="LCPP_ZH_GPU_LAYERS",
+        click.option("--gpu-layers", default=EngineSettings.gpu_layers, envvar="LCPP_ZH_GPU_LAYERS",
                      help="Layers on the GPU: auto (as many as fit), all, or a number; 0 = CPU only."),
         click.option("--gpus", default=None, envvar="LCPP_ZH_GPUS",
                      help="Devices to use by index or name, e.g. 0,1 or CUDA0,RPC0 (`lcpp-zh devices` lists them) "
@@ -56,6 +59,15 @@ def model_options(fn: Callable) -> Callable:
                      help="GGUF LoRA adapter applied at runtime (repeatable; `lcpp-zh convert-lora` makes one)."),
         click.option("--lora-scale", "lora_scales", type=float, multiple=True, metavar="SCALE",
                      help="Scale of the --lora at the same position (default 1.0)."),
+        click.option("--cache-type-k", type=click.Choice(KV_CACHE_TYPES), default=EngineSettings.cache_type_k,
+                     help="KV cache type of K cells; q8_0 halves the KV's memory (llama.cpp's --cache-type-k)."),
+        click.option("--cache-type-v", type=click.Choice(KV_CACHE_TYPES), default=EngineSettings.cache_type_v,
+                     help="KV cache type of V cells; a quantized one needs flash attention (auto or on)."),
+        click.option("--flash-attn", type=click.Choice(FLASH_ATTN_MODES), default=EngineSettings.flash_attn,
+                     help="Flash attention; auto: where the device supports it."),
+        click.option("--cache-ram", "cache_ram_mb", type=click.IntRange(min=0), default=EngineSettings.cache_ram_mb,
+                     metavar="MB", help="Host RAM for the KV of idle conversations, restored when they come back "
+                                        "(at most a quarter of the free memory); 0 = off."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -64,22 +76,24 @@ def model_options(fn: Callable) -> Callable:
 
 def sampling_options(fn: Callable) -> Callable:
     """Sampling flags; defaults are the model's own (GGUF general.sampling.*), else the seed's Chinese Llama 2
-    settings."""
+    settings (one table, lcpp_zh.common.sampling_defaults)."""
     options = [
-        click.option("--temperature", type=click.FloatRange(min=0), default=0.3,
+        click.option("--temperature", type=click.FloatRange(min=0), default=SEED.temperature,
                      help="0 = greedy. Sampling options left out take the model's own values when its GGUF has "
                           "them (general.sampling.*), else these defaults."),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, help="Nucleus sampling."),
-        click.option("--top-k", type=click.IntRange(min=0), default=50, help="0 disables it."),
-        click.option("--min-p", type=click.FloatRange(0, 1), default=0.0, help="Minimum relative probability."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=SEED.top_p,
+                     help="Nucleus sampling."),
+        click.option("--top-k", type=click.IntRange(min=0), default=SEED.top_k, help="0 disables it."),
+        click.option("--min-p", type=click.FloatRange(0, 1), default=SEED.min_p,
+                     help="Minimum relative probability."),
         click.option("--repeat-penalty", "--repetition-penalty", "repeat_penalty", type=click.FloatRange(min=0, min_open=True),
-                     default=1.3, help="Repetition penalty (1 = off)."),
-        click.option("--repeat-last-n", type=click.IntRange(min=-1), default=64,
+                     default=SEED.repeat_penalty, help="Repetition penalty (1 = off)."),
+        click.option("--repeat-last-n", type=click.IntRange(min=-1), default=SEED.repeat_last_n,
                      help="Tokens the repetition penalty looks back over (-1 = all)."),
-        click.option("--presence-penalty", type=float, default=0.0, help="OpenAI-style presence penalty."),
-        click.option("--frequency-penalty", type=float, default=0.0, help="OpenAI-style frequency penalty."),
+        click.option("--presence-penalty", type=float, default=SEED.presence_penalty, help="OpenAI-style presence penalty."),
+        click.option("--frequency-penalty", type=float, default=SEED.frequency_penalty, help="OpenAI-style frequency penalty."),
         click.option("--seed", type=int, default=None, help="Random seed [default: random]."),
-        click.option("--max-new-tokens", "--max-tokens", "max_tokens", type=click.IntRange(min=1), default=512,
+        click.option("--max-new-tokens", "--max-tokens", "max_tokens", type=click.IntRange(min=1), default=SEED.max_tokens,
                      help="Most tokens to generate."),
     ]
     for option in reversed(options):
@@ -107,39 +121,43 @@ def _model_sampling(params, engine, explicit: set[str]):
     return apply_model_defaults(params, getattr(engine, "metadata", None) or {}, explicit)
 
 
+def parse_model_options(kwargs: dict, *, model_source: str | None = None,
+                        **engine: Any) -> tuple[ModelChoice, EngineSettings, Any]:
+    """Pop `model_options`' values (and `model`, when there) from a command's kwargs: the model choice, the
+    engine settings (`engine` adds the command's own, like serve's n_parallel) and the chat template, which
+    is checked now, before any model loads (lcpp_zh.templates.choose_template)."""
+    from lcpp_zh.templates import choose_template
+
+    name = kwargs.pop("template")
+    template = choose_template(name, kwargs.pop("template_file"), model_source)
+    # A checkpoint is converted with the named format (--template, else --model_source's), never a file's.
+    conversion = name if name and name != AUTO else template if isinstance(template, str) else None
+    choice = ModelChoice(name=kwargs.pop("model", ""), quant=kwargs.pop("quant"), infer_dtype=kwargs.pop("infer_dtype"),
+                         template=conversion)
+    settings = EngineSettings(n_ctx=kwargs.pop("n_ctx"), n_threads=kwargs.pop("threads"),
+                              gpu_layers=kwargs.pop("gpu_layers"), gpus=kwargs.pop("gpus"),
+                              main_gpu=kwargs.pop("main_gpu"), rpc=kwargs.pop("rpc"),
+                              tensor_split=kwargs.pop("tensor_split"),
+                              loras=tuple(pair_loras(kwargs.pop("loras"), kwargs.pop("lora_scales"))),
+                              cache_type_k=kwargs.pop("cache_type_k"), cache_type_v=kwargs.pop("cache_type_v"),
+                              flash_attn=kwargs.pop("flash_attn"), cache_ram_mb=kwargs.pop("cache_ram_mb"), **engine)
+    return choice, settings, template
+
+
 def _split_kwargs(kwargs: dict):
-    from lcpp_zh.runtime.loader import RuntimeOptions
     from lcpp_zh.runtime.sampling import SamplingParams
 
     params = SamplingParams(**{k: kwargs.pop(k) for k in _SAMPLING_KEYS})
-    template_file = kwargs.pop("template_file")
-    opts = RuntimeOptions(model=kwargs.pop("model"), quant=kwargs.pop("quant"), infer_dtype=kwargs.pop("infer_dtype"),
-                          template=kwargs.pop("template"), n_ctx=kwargs.pop("n_ctx"), n_threads=kwargs.pop("threads"),
-                          gpu_layers=kwargs.pop("gpu_layers"), gpus=kwargs.pop("gpus"), main_gpu=kwargs.pop("main_gpu"),
-                          rpc=kwargs.pop("rpc"), tensor_split=kwargs.pop("tensor_split"),
-                          loras=pair_loras(kwargs.pop("loras"), kwargs.pop("lora_scales")))
-    return opts, params, template_file
+    choice, settings, template = parse_model_options(kwargs)
+    return choice, settings, params, template
 
 
-def _template(opts, template_file):
-    """The chat template chosen on the command line, checked before the model loads."""
-    from lcpp_zh.templates import get_template, load_template_file
-
-    if template_file is not None:
-        return load_template_file(template_file)
-    if opts.template in (None, "auto"):
-        return None
-    return get_template(opts.template)
-
-
-def _open(opts, quiet: bool = False):
+def _open(choice: ModelChoice, settings: EngineSettings, quiet: bool = False):
     """Load the engine; returns it with its offload plan, which goes to stderr in one line unless quiet
     (--json). A progress bar appears only when MODEL has to be converted first."""
     from lcpp_zh.runtime.loader import open_engine
 
     report = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    conversion_template = opts.template if opts.template != "auto" else None
-    opts.template = conversion_template
     with contextlib.ExitStack() as stack:
         bar: list = []
 
@@ -149,7 +167,7 @@ def _open(opts, quiet: bool = False):
             if bar[0] is not None:
                 bar[0](done, total)
 
-        return open_engine(opts, report=report, progress=progress)
+        return open_engine(choice, settings, report=report, progress=progress)
 
 
 @click.command("chat")
@@ -173,10 +191,9 @@ def chat(system: str | None, **kwargs) -> None:
     from lcpp_zh.chat.session import ChatSession
     from lcpp_zh.resolve import cache_dir
 
-    opts, params, template_file = _split_kwargs(kwargs)
+    choice, settings, params, template = _split_kwargs(kwargs)
     explicit = _explicit_sampling()
-    template = _template(opts, template_file)
-    engine, _plan = _open(opts)
+    engine, _plan = _open(choice, settings)
     params = _model_sampling(params, engine, explicit)
     try:
         session = ChatSession(engine, template=template, system=system, params=params)
@@ -205,13 +222,12 @@ def generate(system: str | None, raw: bool, stop: tuple[str, ...], as_json: bool
     from lcpp_zh.chat.generate import generate as run_generate
 
     prompt = kwargs.pop("prompt")
-    opts, params, template_file = _split_kwargs(kwargs)
+    choice, settings, params, template = _split_kwargs(kwargs)
     explicit = _explicit_sampling()
     if prompt == "-":
         prompt = sys.stdin.read()
     params = params.replace(stop=list(stop))
-    template = _template(opts, template_file)
-    engine, plan = _open(opts, quiet=as_json)
+    engine, plan = _open(choice, settings, quiet=as_json)
     params = _model_sampling(params, engine, explicit)
     try:
         def echo(text: str) -> None:
@@ -231,49 +247,6 @@ def generate(system: str | None, raw: bool, stop: tuple[str, ...], as_json: bool
                err=True)
 
 
-@click.group("models", invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-@click.pass_context
-def models(ctx: click.Context, as_json: bool) -> None:
-    """The models converted into the cache (env LCPP_ZH_CACHE; default ~/.cache/lcpp-zh on Linux, honouring
-    XDG_CACHE_HOME, ~/Library/Caches/lcpp-zh on macOS, %LOCALAPPDATA%\\lcpp-zh\\Cache on Windows).
-
-    \b
-    Examples:
-      lcpp-zh models
-      lcpp-zh models rm FlagAlpha/Atom-7B-Chat
-    """
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(models_list, as_json=as_json)
-
-
-@models.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-def models_list(as_json: bool) -> None:
-    """List cached models with their sizes."""
-    from lcpp_zh.resolve import list_models, models_dir
-
-    entries = list_models()
-    if as_json:
-        click.echo(json.dumps([{"name": m.name, "path": str(m.path), "size": m.size} for m in entries]))
-        return
-    if not entries:
-        click.echo(f"no models in {models_dir()}", err=True)
-        return
-    for m in entries:
-        click.echo(f"{m.name}\t{human_size(m.size)}")
-
-
-@models.command("rm")
-@click.argument("name")
-def models_rm(name: str) -> None:
-    """Remove a cached model: a file name, or a model name (all its quantizations)."""
-    from lcpp_zh.resolve import remove_model
-
-    for path in remove_model(name):
-        click.echo(f"removed {path.name}", err=True)
-
-
 @click.command("templates")
 @click.argument("name", required=False, type=click.Choice(TEMPLATE_CHOICES[1:]))
 def templates(name: str | None) -> None:
@@ -291,4 +264,4 @@ def templates(name: str | None) -> None:
         click.echo("")
 
 
-COMMANDS: list[click.Command] = [chat, generate, models, templates]
+COMMANDS: list[click.Command] = [chat, generate, templates]

@@ -36,7 +36,7 @@ def imatrix_options(command):
 
 @contextlib.contextmanager
 def _calibration(imatrix: Path | None, text: Path | None, threads: int | None, quiet: bool) -> Iterator:
-    from lcpp_zh.eval.calibrate import Calibration
+    from lcpp_zh.eval.quantization.calibrate import Calibration
 
     with stage_progress(quiet) as bar:
         yield Calibration(imatrix=imatrix, text=text, threads=threads,
@@ -84,7 +84,7 @@ def convert(source: str, output: Path, outtype: str, quant: str | None, template
         if quant is None:
             written = convert_checkpoint(source, output, **options)
         else:
-            from lcpp_zh.eval.calibrate import convert_calibrated
+            from lcpp_zh.eval.quantization.calibrate import convert_calibrated
 
             with _calibration(imatrix, calibration, None, quiet) as how:
                 written = convert_calibrated(source, output, quant, how, **options)
@@ -109,7 +109,7 @@ def quantize(source: Path, output: Path, qtype: str, threads: int | None, imatri
       lcpp-zh quantize atom.f16.gguf atom.Q4_K_M.gguf --type Q4_K_M
       lcpp-zh quantize atom.f16.gguf atom.IQ2_XS.gguf --type IQ2_XS --imatrix atom.imatrix.gguf
     """
-    from lcpp_zh.eval.calibrate import quantize_calibrated
+    from lcpp_zh.eval.quantization.calibrate import quantize_calibrated
 
     started = time.monotonic()
     with _calibration(imatrix, calibration, threads, quiet) as how:
@@ -172,7 +172,8 @@ def verify(hf_dir: Path, gguf_path: Path, no_logits: bool) -> None:
     logits = None if no_logits or not tokens.ok else check_logits(
         hf_dir, gguf_path, summarize_gguf(gguf_path)["file_type"])
     if logits is None:
-        reason = "skipped (tokenizers differ)" if not tokens.ok else "skipped (install the verify extra)"
+        reason = ("skipped (tokenizers differ)" if not tokens.ok else "skipped (--no-logits)" if no_logits
+                  else "skipped (install the verify extra)")
         click.echo(f"{'logits parity':<20} {reason:<46} -")
     else:
         result = f"NMSE {logits.nmse:.2e}, top-1 {logits.top1_agreement:.1%} of {logits.positions}"

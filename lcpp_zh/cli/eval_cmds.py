@@ -1,6 +1,6 @@
 """Quality commands: eval (perplexity, and KL divergence against a base model, as llama-perplexity does).
 
-Thin: options here, the measuring in lcpp_zh.eval.perplexity. Figures to stdout (a table, or --json),
+Thin: options here, the measuring in lcpp_zh.eval.measure.perplexity. Figures to stdout (a table, or --json),
 the progress bar to stderr.
 """
 
@@ -11,9 +11,16 @@ from pathlib import Path
 
 import click
 
-from lcpp_zh.cli.measure_options import gpu_layers_option, lang_option, threads_option
+from lcpp_zh.cli.measure_options import (
+    chunks_option,
+    ctx_option,
+    gpu_layers_option,
+    json_option,
+    quiet_option,
+    text_options,
+    threads_option,
+)
 from lcpp_zh.cli.progress import stage_progress
-from lcpp_zh.eval.texts import BUILTIN_TEXTS
 
 
 def _print_table(result: dict, text_label: str) -> None:
@@ -52,21 +59,17 @@ def _print_table(result: dict, text_label: str) -> None:
 @click.option("--base-logits", "base_logits", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="KL divergence from the base whose log-probabilities FILE holds "
               "(saved with --save-base-logits, or by llama-perplexity): the base is not run again.")
-@click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              metavar="FILE", help="UTF-8 text to measure on [default: the built-in --lang text].")
-@lang_option
-@click.option("--ctx", "n_ctx", type=click.IntRange(min=8), default=512,
-              help="Tokens per chunk; the second half of each chunk is scored (llama-perplexity's -c).")
+@text_options
+@ctx_option("Tokens per chunk; the second half of each chunk is scored (llama-perplexity's -c).")
 @click.option("--batch", "n_batch", type=click.IntRange(min=1), default=2048,
               help="Tokens per decode: batch / ctx chunks side by side (llama-perplexity's -b).")
-@click.option("--chunks", "n_chunks", type=click.IntRange(min=1), default=None,
-              help="At most this many chunks [default: the whole text].")
+@chunks_option()
 @threads_option
 @gpu_layers_option
 @click.option("--rpc", default=None, envvar="LCPP_ZH_RPC", metavar="HOST:PORT[,HOST:PORT]",
               help="llama.cpp RPC workers to offload --gpu-layers to (split by their free memory).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@json_option
+@quiet_option
 @click.pass_context
 def eval_model(click_ctx: click.Context, model: Path, base: Path | None, save_logits: Path | None,
                base_logits: Path | None, text_file: Path | None, lang: str, n_ctx: int, n_batch: int,
@@ -85,9 +88,9 @@ def eval_model(click_ctx: click.Context, model: Path, base: Path | None, save_lo
     """
     from click.core import ParameterSource
 
-    from lcpp_zh.eval.base_logits import open_base_logits
-    from lcpp_zh.eval.perplexity import EvalSettings, kl_divergence, perplexity, save_base_logits
-    from lcpp_zh.eval.texts import builtin_text, read_text
+    from lcpp_zh.eval.measure.base_logits import open_base_logits
+    from lcpp_zh.eval.measure.perplexity import EvalSettings, kl_divergence, perplexity, save_base_logits
+    from lcpp_zh.eval.texts import load_text
 
     if sum(x is not None for x in (base, save_logits, base_logits)) > 1:
         raise click.UsageError("give one of --base, --base-logits and --save-base-logits")
@@ -95,10 +98,7 @@ def eval_model(click_ctx: click.Context, model: Path, base: Path | None, save_lo
     def given(name: str) -> bool:
         return click_ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
-    if text_file is not None:
-        text, label = read_text(text_file), str(text_file)
-    else:
-        text, label = builtin_text(lang), f"built-in {lang}: {BUILTIN_TEXTS[lang]}"
+    text, label = load_text(text_file, lang)
     if base_logits is not None:
         saved = open_base_logits(base_logits)
         # The file holds its tokens and context: the text and --ctx are only checked against it when given.

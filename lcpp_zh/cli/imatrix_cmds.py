@@ -1,7 +1,8 @@
 """The importance-matrix command: imatrix (llama-imatrix's computation, in its GGUF imatrix format).
 
-Thin: options here, the computing in lcpp_zh.eval.imatrix, the file format in lcpp_zh.convert.imatrix_file.
-The written path (or --json) to stdout; the progress bar and the summary line to stderr.
+Thin: options here, the computing in lcpp_zh.eval.quantization.imatrix, the file format in
+lcpp_zh.convert.imatrix_file. The written path (or --json) to stdout; the progress bar and the summary line
+to stderr.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from pathlib import Path
 
 import click
 
-from lcpp_zh.cli.measure_options import gpu_layers_option, lang_option, threads_option
+from lcpp_zh.cli.measure_options import (
+    chunks_option,
+    ctx_option,
+    gpu_layers_option,
+    json_option,
+    quiet_option,
+    text_options,
+    threads_option,
+)
 from lcpp_zh.cli.progress import stage_progress
 
 
@@ -20,17 +29,14 @@ from lcpp_zh.cli.progress import stage_progress
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Importance matrix to write (GGUF imatrix format, as llama-imatrix writes it).")
-@click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              metavar="FILE", help="UTF-8 calibration text [default: the built-in --lang text].")
-@lang_option
-@click.option("--ctx", "n_ctx", type=click.IntRange(min=16), default=512,
-              help="Tokens per chunk, each starting with BOS (llama-imatrix's -c).")
-@click.option("--chunks", "n_chunks", type=click.IntRange(min=1), default=None,
-              help="At most this many chunks [default: the whole text].")
+@text_options
+# At least 16: llama-imatrix skips multiplications of fewer rows (imatrix.MIN_ROWS), so a smaller chunk sees none.
+@ctx_option("Tokens per chunk, each starting with BOS (llama-imatrix's -c).", minimum=16)
+@chunks_option()
 @threads_option
 @gpu_layers_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object describing the matrix.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@json_option
+@quiet_option
 def imatrix(model: Path, output: Path, text_file: Path | None, lang: str, n_ctx: int, n_chunks: int | None,
             threads: int | None, gpu_layers: int, as_json: bool, quiet: bool) -> None:
     """Compute the importance matrix of MODEL.gguf over a text, as llama.cpp's llama-imatrix does (the squared
@@ -43,17 +49,14 @@ def imatrix(model: Path, output: Path, text_file: Path | None, lang: str, n_ctx:
       lcpp-zh imatrix atom.f16.gguf --text calibration.txt --chunks 100 -o atom.imatrix.gguf
       lcpp-zh quantize atom.f16.gguf atom.IQ2_XS.gguf --type IQ2_XS --imatrix atom.imatrix.gguf
     """
-    from lcpp_zh.convert.atomic import check_writable
-    from lcpp_zh.eval.imatrix import compute_imatrix, read_imatrix_text
-    from lcpp_zh.eval.texts import builtin_text
+    from lcpp_zh.common.atomic import check_writable
+    from lcpp_zh.eval.quantization.imatrix import compute_imatrix
+    from lcpp_zh.eval.texts import load_text
 
     check_writable(output)
     if output.resolve() == model.resolve():
         raise click.UsageError("the output must differ from the model")
-    if text_file is not None:
-        text, label = read_imatrix_text(text_file), str(text_file)
-    else:
-        text, label = builtin_text(lang), f"lcpp-zh built-in {lang}"
+    text, label = load_text(text_file, lang)
     started = time.monotonic()
     with stage_progress(quiet or as_json) as bar:
         progress = (lambda done, total: bar("imatrix", done, total)) if bar else None

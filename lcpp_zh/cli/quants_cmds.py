@@ -1,7 +1,7 @@
 """The quantization advisor: `lcpp-zh quants MODEL [--types ...] [--memory 8GB]`.
 
 Thin: options, the table, the recommendation line and the plot's file name here; the measuring in
-lcpp_zh.eval.advisor, the picture in lcpp_zh.eval.advisor_plot. Table to stdout, progress bars to stderr.
+lcpp_zh.eval.advisor.run, the picture in lcpp_zh.eval.advisor.plot. Table to stdout, progress bars to stderr.
 """
 
 from __future__ import annotations
@@ -11,9 +11,16 @@ from pathlib import Path
 
 import click
 
-from lcpp_zh.cli.measure_options import lang_option, threads_option
+from lcpp_zh.cli.measure_options import (
+    chunks_option,
+    ctx_option,
+    json_option,
+    quiet_option,
+    text_options,
+    threads_option,
+)
 from lcpp_zh.cli.progress import stage_progress
-from lcpp_zh.eval.advisor import DEFAULT_KV_CTX, DEFAULT_LADDER, IMATRIX_LADDER
+from lcpp_zh.eval.advisor.run import DEFAULT_KV_CTX, DEFAULT_LADDER, IMATRIX_LADDER
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -22,7 +29,7 @@ def _cell(value: float | None, fmt: str) -> str:
 
 def format_table(report: dict) -> list[str]:
     """The table's lines, columns aligned: the base first, then the types by size."""
-    from lcpp_zh.eval.advisor_pick import format_size
+    from lcpp_zh.eval.advisor.pick import format_size
 
     header = ("type", "size", "bpw", "PPL", "mean KLD", "same top", "pp tok/s", "tg tok/s", "needs", "fits")
     lines = [header]
@@ -49,10 +56,25 @@ def format_table(report: dict) -> list[str]:
     return out
 
 
-def _default_plot_name(model: str) -> Path:
-    from lcpp_zh.eval.advisor import model_label
+def _plot_choice(model: str, plot: str | None, no_plot: bool) -> tuple[Path | None, bool]:
+    """(PNG to write, whether to draw the terminal plot), checked before any measuring. The PNG needs matplotlib
+    (the `plot` extra): without it the default is the terminal plot, and asking for a PNG is an error."""
+    from lcpp_zh.errors import LcppError
+    from lcpp_zh.eval.advisor.plot import PLOT_EXTRA, png_available
+    from lcpp_zh.eval.advisor.run import model_label
 
-    return Path(f"quants-{model_label(model)}.png")
+    if no_plot:
+        return None, False
+    if plot == "terminal":
+        return None, True
+    if plot is None:
+        return (Path(f"quants-{model_label(model)}.png"), False) if png_available() else (None, True)
+    if Path(plot).suffix.lower() != ".png":
+        raise click.BadParameter(f"{plot}: the plot is a PNG; give a name ending in .png, or `terminal`",
+                                 param_hint="--plot")
+    if not png_available():
+        raise LcppError(f"--plot {plot}: a PNG needs matplotlib: {PLOT_EXTRA} (or --plot terminal)")
+    return Path(plot), False
 
 
 @click.command("quants")
@@ -66,11 +88,9 @@ def _default_plot_name(model: str) -> Path:
               help="Context the memory estimate reserves a KV cache (f16) for.")
 @click.option("--overhead", default="512MiB", metavar="SIZE",
               help="Memory added to each estimate for llama.cpp's buffers and the process.")
-@click.option("--text", "text_file", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="UTF-8 text to score on [default: the built-in --lang text].")
-@lang_option
-@click.option("--ctx", "n_ctx", type=click.IntRange(min=8), default=512, help="Tokens per evaluation chunk.")
-@click.option("--chunks", "n_chunks", type=click.IntRange(min=1), default=20, help="Chunks scored per type.")
+@text_options
+@ctx_option("Tokens per evaluation chunk.")
+@chunks_option(20, "Chunks scored per type.")
 @click.option("--batch", "n_batch", type=click.IntRange(min=1), default=2048, help="Tokens per decode in scoring.")
 @threads_option
 @click.option("--pp", "n_prompt", type=click.IntRange(min=0), default=64,
@@ -86,11 +106,11 @@ def _default_plot_name(model: str) -> Path:
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="TEXTFILE",
               help="Text to compute the matrix on [default: the part of the text that is not scored].")
 @click.option("--plot", "plot", default=None, metavar="FILE.png|terminal",
-              help="Where to draw KLD against size [default: quants-MODEL.png here]; `terminal` draws it below "
-                   "the table.")
+              help="Where to draw KLD against size [default: quants-MODEL.png here with matplotlib (the `plot` "
+                   "extra), else below the table]; `terminal` draws it below the table.")
 @click.option("--no-plot", is_flag=True, help="Draw no plot.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@json_option
+@quiet_option
 def quants(model: str, types: tuple[str, ...], memory: str | None, kv_ctx: int, overhead: str,
            text_file: Path | None, lang: str, n_ctx: int, n_chunks: int, n_batch: int, threads: int | None,
            n_prompt: int, n_gen: int, keep: Path | None, imatrix: Path | None, imatrix_chunks: int, calibration: Path | None, plot: str | None, no_plot: bool,
@@ -106,31 +126,25 @@ def quants(model: str, types: tuple[str, ...], memory: str | None, kv_ctx: int, 
       lcpp-zh quants atom-7b.f16.gguf --types Q4_K_M,Q5_K_M,Q6_K --plot terminal
       lcpp-zh quants FlagAlpha/Atom-7B-Chat --keep ./atom-quants --json
     """
-    from lcpp_zh.eval.advisor import AdvisorSettings, run_advisor
-    from lcpp_zh.eval.advisor_pick import parse_memory
-    from lcpp_zh.eval.advisor_plot import plot_points, render_terminal, write_png
-    from lcpp_zh.eval.perplexity import EvalSettings
-    from lcpp_zh.eval.texts import builtin_text, read_text
+    from lcpp_zh.eval.advisor.pick import parse_memory
+    from lcpp_zh.eval.advisor.plot import PLOT_EXTRA, plot_points, render_terminal, write_png
+    from lcpp_zh.eval.advisor.run import AdvisorSettings, run_advisor
+    from lcpp_zh.eval.measure.perplexity import EvalSettings
+    from lcpp_zh.eval.texts import load_text, read_text
 
     names = tuple(n for group in types for n in group.split(",") if n.strip()) or None
     limit = parse_memory(memory) if memory is not None else None
-    if text_file is not None:
-        text, label = read_text(text_file), str(text_file)
-    else:
-        text, label = builtin_text(lang), f"built-in {lang}"
-    plot_file = None if no_plot or plot == "terminal" else Path(plot) if plot else _default_plot_name(model)
-    if plot_file is not None and plot_file.suffix.lower() != ".png":
-        raise click.BadParameter(f"{plot_file}: the plot is a PNG; give a name ending in .png, or `terminal`",
-                                 param_hint="--plot")
+    text, label = load_text(text_file, lang)
+    plot_file, terminal = _plot_choice(model, plot, no_plot)
     settings = AdvisorSettings(
         types=names, eval=EvalSettings(n_ctx=n_ctx, n_batch=n_batch, n_chunks=n_chunks, n_threads=threads),
         memory=limit, memory_label=memory, kv_ctx=kv_ctx, overhead=parse_memory(overhead), keep=keep,
-        imatrix=imatrix, imatrix_chunks=imatrix_chunks, calibration=read_text(calibration) if calibration else None, n_prompt=n_prompt,
-        n_gen=n_gen)
+        imatrix=imatrix, imatrix_chunks=imatrix_chunks, calibration=read_text(calibration) if calibration else None,
+        n_prompt=n_prompt, n_gen=n_gen)
     with stage_progress(quiet or as_json, keep=("types",)) as progress:
         report = run_advisor(model, text, label, settings, progress)
     points, size_limit = plot_points(report)
-    title = (f"{Path(model).name}: mean KLD from {Path(report.base_path).name} on the {label} text "
+    title = (f"{Path(model).name}: mean KLD from {Path(report.base_path).name} on {label} "
              f"({report.chunks} chunks of {n_ctx} tokens)")
     if plot_file is not None:
         write_png(points, size_limit, plot_file, title)
@@ -139,14 +153,16 @@ def quants(model: str, types: tuple[str, ...], memory: str | None, kv_ctx: int, 
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
-    click.echo(f"{report.model}: {label} text, {report.chunks} chunks of {report.n_ctx} tokens; memory "
+    click.echo(f"{report.model}: on {label}, {report.chunks} chunks of {report.n_ctx} tokens; memory "
                f"{report.memory_label}, estimated as file + KV cache at {report.kv_ctx} tokens + overhead")
     for line in format_table(out):
         click.echo(line)
     reason = report.recommendation.reason if report.recommendation else "no recommendation"
     click.echo(f"recommendation: {reason}")
-    if plot == "terminal" and not no_plot:
+    if terminal:
         click.echo(render_terminal(points, size_limit))
+        if plot is None and not quiet:  # the default without matplotlib: say how to get the picture
+            click.echo(f"for a PNG of this plot: {PLOT_EXTRA}", err=True)
     if plot_file is not None and not quiet:
         click.echo(f"wrote {plot_file}", err=True)
 

@@ -1,3 +1,3 @@
-"""Measure a GGUF model: perplexity over a text and, against a base model, KL-divergence statistics, computed
-the way llama.cpp's llama-perplexity computes them (lcpp_zh.eval.perplexity), over built-in Chinese and
-English texts (lcpp_zh.eval.texts) or the user's own."""
+"""Evaluation, in three rooms: measuring a model (measure: perplexity, KL divergence, speed, as llama-perplexity
+and llama-bench do), quantization support (quantization: importance matrices, calibrated quantizing) and the
+advisor (advisor: which quantization to run here). The built-in texts are package data (texts)."""

@@ -30,9 +30,6 @@ class IncrementalDetokenizer:
         """The text completed by this token (may be empty while a character is incomplete)."""
         return self._decoder.decode(self._piece(token), final=False)
 
-    def feed_many(self, tokens: Iterable[int]) -> str:
-        return "".join(self.feed(t) for t in tokens)
-
     @property
     def pending_bytes(self) -> int:
         """Bytes of an incomplete character held back so far."""

@@ -45,7 +45,7 @@ class Device:
 
     @property
     def unified_memory(self) -> bool:
-        """An iGPU or Apple's Metal: its memory is the CPU's memory."""
+        """An iGPU or Apple's Metal: its memory is the CPU's memory (the planner gives the CPU no share then)."""
         return self.type == "igpu" or self.backend == "Metal"
 
     def label(self) -> str:

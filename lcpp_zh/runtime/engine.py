@@ -17,37 +17,24 @@ from typing import Any
 
 import numpy as np
 
+from lcpp_zh.common.system import physical_cores
 from lcpp_zh.errors import EngineError
 from lcpp_zh.runtime.grammar import check_grammar
+from lcpp_zh.runtime.lazy_grammar import LazyGrammarSampler, make_candidates
 from lcpp_zh.runtime.llama_api import Batch, LlamaContext, LlamaModel, SpecialToken
 from lcpp_zh.runtime.logit_edits import LogitEdits
+from lcpp_zh.runtime.offload import OffloadPlan
+from lcpp_zh.runtime.prompt_cache import PromptCache
 from lcpp_zh.runtime.sampling import CandidateSampler, SamplingParams, build_chain
 from lcpp_zh.runtime.scheduler import QueueFull, Scheduler
+from lcpp_zh.runtime.settings import EngineSettings
 from lcpp_zh.runtime.slots import Request, check_request
 from lcpp_zh.runtime.stream import Event, Finished, Stream, TextDelta
 from lcpp_zh.runtime.utf8_mask import Utf8Guard, Utf8Table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Engine", "Stream", "TextDelta", "Finished", "Event", "QueueFull", "physical_cores"]
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (llama-cpp-python's default, half the logical CPUs, is too
-    low on machines without SMT). Read from sysfs; falls back to the logical count."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-    cores = set()
-    for cpu in cpus:
-        base = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add((base.joinpath("physical_package_id").read_text().strip(),
-                       base.joinpath("core_id").read_text().strip()))
-        except OSError:
-            return len(cpus) or 1
-    return max(1, len(cores))
+__all__ = ["Engine", "Stream", "TextDelta", "Finished", "Event", "QueueFull"]
 
 
 @dataclass
@@ -80,6 +67,15 @@ class _LlamaBackend:
     def seq_rm(self, seq_id: int, p0: int, p1: int = -1) -> bool:
         return self.ctx.seq_rm(seq_id, p0, p1)
 
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        self.ctx.seq_cp(src, dst, p0, p1)
+
+    def state_save(self, seq_id: int) -> bytes:
+        return self.ctx.state_save(seq_id)
+
+    def state_load(self, seq_id: int, data: bytes) -> bool:
+        return self.ctx.state_load(seq_id, data)
+
     # Tests turn this off to compare with llama.cpp's sampling alone.
     utf8_guard = True
     _utf8_table: Utf8Table | None = None
@@ -96,7 +92,7 @@ class _LlamaBackend:
         if self.utf8_guard:
             self.prepare()  # a no-op after loading (tests may turn the guard off and on)
             utf8 = Utf8Guard(self._utf8_table)
-        candidates = CandidateSampler(self.model.n_vocab) if params.grammar else None
+        candidates = make_candidates(params, self.model.n_vocab, self.model.vocab, self.model.piece)
         return SlotSampler(build_chain(params, vocab=self.model.vocab), edits, utf8, candidates)
 
     def sample(self, sampler: SlotSampler, index: int) -> int:
@@ -120,6 +116,8 @@ class _LlamaBackend:
 
     def free_sampler(self, sampler: SlotSampler) -> None:
         self._llama.llama_sampler_free(sampler.chain)
+        if isinstance(sampler.candidates, LazyGrammarSampler):
+            sampler.candidates.close()
 
     def is_eog(self, token: int) -> bool:
         return self.model.is_eog(token)
@@ -172,62 +170,87 @@ class VocabularyFront:
         check_grammar(grammar, self._model.vocab)
 
 
+def _load_model(model_path: str | os.PathLike, plan: OffloadPlan | None) -> LlamaModel:
+    """The weights, placed as the offload plan says (None: on the CPU)."""
+    if plan is None:
+        return LlamaModel(model_path)
+    from lcpp_zh.runtime.devices import resolve_devices
+
+    return LlamaModel(model_path, gpu_layers=plan.n_gpu_layers, main_gpu=plan.main_gpu,
+                      tensor_split=plan.tensor_split, devices=resolve_devices(plan.devices) or None)
+
+
+def _ram_cache_mb(wanted: int) -> int:
+    """--cache-ram, at most a quarter of the memory available now: a laptop keeps room for everything else."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
+    except (ValueError, OSError, AttributeError):  # not on this platform
+        return wanted
+    return max(1, min(wanted, available // 4))
+
+
+DEFAULT_SETTINGS = EngineSettings()  # frozen: one shared default is safe
+
+
 class Engine(VocabularyFront):
     """A GGUF model served to any number of threads through N sequence slots."""
 
-    def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 4096, n_parallel: int = 4,
-                 n_threads: int | None = None, n_batch: int = 512, gpu_layers: int = 0, main_gpu: int = 0,
-                 tensor_split: Sequence[float] | None = None,
-                 loras: Sequence[str | os.PathLike | tuple[str | os.PathLike, float]] = (),
-                 embeddings: bool = False, verbose: bool = False, max_queue: int = 64,
-                 devices: Sequence[int] | None = None) -> None:
-        if n_parallel < 1:
+    def __init__(self, model_path: str | os.PathLike, settings: EngineSettings = DEFAULT_SETTINGS, *,
+                 plan: OffloadPlan | None = None) -> None:
+        """Load `model_path` with `settings`; `plan` places the layers on devices (gpu layers, main GPU,
+        tensor split, devices); None runs on the CPU."""
+        if settings.n_parallel < 1:
             raise EngineError("n_parallel must be at least 1")
-        if n_ctx < 16 * n_parallel:
-            raise EngineError(f"a context of {n_ctx} tokens is too small for {n_parallel} slot(s); "
-                              f"use at least {16 * n_parallel}")
-        if n_batch < n_parallel:
+        if settings.n_ctx < 16 * settings.n_parallel:
+            raise EngineError(f"a context of {settings.n_ctx} tokens is too small for {settings.n_parallel} "
+                              f"slot(s); use at least {16 * settings.n_parallel}")
+        if settings.n_batch < settings.n_parallel:
             # Every generating slot puts one token in each batch: a batch smaller than the slots would
             # overflow llama.cpp's output buffer (GGML_ASSERT n_outputs_max, an abort).
-            logger.warning("batch size %d raised to %d, one token per slot", n_batch, n_parallel)
-            n_batch = n_parallel
+            logger.warning("batch size %d raised to %d, one token per slot", settings.n_batch, settings.n_parallel)
+            settings = settings.replace(n_batch=settings.n_parallel)
+        self.settings = settings
         self.model_path = Path(model_path)
-        self.n_threads = n_threads or physical_cores()
-        self.verbose = verbose
-        self._model = LlamaModel(model_path, gpu_layers=gpu_layers, main_gpu=main_gpu, tensor_split=tensor_split,
-                                 devices=devices)
+        self.n_threads = settings.n_threads or physical_cores()
+        self.verbose = settings.verbose
+        self._model = _load_model(model_path, plan)
         try:
-            self._init_context(n_ctx, n_parallel, n_batch, loras, max_queue)
+            self._init_context(settings)
         except BaseException:
             self._model.close()
             raise
         self._describe_model()
-        self._embed_enabled = embeddings
+        self._embed_enabled = settings.embeddings
         self._embed_ctx: LlamaContext | None = None
         self._embed_lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._scheduler.run, name="lcpp-zh-engine", daemon=True)
         self._thread.start()
 
-    def _init_context(self, n_ctx: int, n_parallel: int, n_batch: int, loras: Sequence[Any], max_queue: int) -> None:
-        if n_ctx > self._model.n_ctx_train * n_parallel:
-            logger.warning("context %d per slot is beyond the model's training context %d",
-                           n_ctx // n_parallel, self._model.n_ctx_train)
+    def _init_context(self, settings: EngineSettings) -> None:
+        n_ctx, n_parallel, n_batch = settings.n_ctx, settings.n_parallel, settings.n_batch
         self._ctx = LlamaContext(self._model, n_ctx=n_ctx, n_batch=n_batch, n_seq=n_parallel,
-                                 n_threads=self.n_threads)
+                                 n_threads=self.n_threads, cache_type_k=settings.cache_type_k,
+                                 cache_type_v=settings.cache_type_v, flash_attn=settings.flash_attn)
         self._loras = None
-        if loras:
+        if settings.loras:
             from lcpp_zh.runtime.lora import LoraSet
 
-            self._loras = LoraSet(self._model.model, loras)
+            self._loras = LoraSet(self._model.model, settings.loras)
             self._loras.apply(self._ctx.ctx)
         self.n_ctx = self._ctx.n_ctx
         self.n_parallel = n_parallel
-        self.n_ctx_slot = self.n_ctx // n_parallel
+        # The slots share one cache: a request may use all of it, up to the model's trained context.
+        train = self._model.n_ctx_train
+        self.n_ctx_slot = min(self.n_ctx, train) if train > 0 else self.n_ctx
+        if train > 0 and n_ctx > train:
+            logger.info("one request holds at most the model's training context, %d tokens", train)
         backend = _LlamaBackend(self._model, self._ctx)
         backend.prepare()  # part of loading, as llama-server's warm-up is: not of the first answer's latency
-        self._scheduler = Scheduler(backend, n_slots=n_parallel,
-                                    n_ctx_slot=self.n_ctx_slot, n_batch=self._ctx.n_batch, max_queue=max_queue)
+        cache = PromptCache(_ram_cache_mb(settings.cache_ram_mb)) if settings.cache_ram_mb > 0 else None
+        self._scheduler = Scheduler(backend, n_slots=n_parallel, n_ctx=self.n_ctx,
+                                    n_ctx_slot=self.n_ctx_slot, n_batch=self._ctx.n_batch,
+                                    max_queue=settings.max_queue, prompt_cache=cache)
 
     # --- generation ---
     def submit(self, prompt_tokens: Sequence[int], params: SamplingParams | None = None, *,

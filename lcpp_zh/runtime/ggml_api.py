@@ -1,5 +1,6 @@
-"""ctypes bindings to ggml's backend device API (libggml) and its RPC backend (libggml-rpc), loaded from the
-folder llama-cpp-python loads libllama from, so that they are the very libraries llama.cpp runs on.
+"""ctypes bindings to ggml's backend device API (libggml), the tensor calls an eval callback needs
+(libggml-base) and its RPC backend (libggml-rpc), loaded by one loader from the folder llama-cpp-python loads
+libllama from, so that they are the very libraries llama.cpp runs on.
 
 Signatures follow ggml/include/ggml-backend.h and ggml-rpc.h of the vendored llama.cpp (RPC protocol 7.0.0).
 Only bindings here: enumeration lives in lcpp_zh.runtime.devices, workers in lcpp_zh.runtime.rpc.
@@ -13,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lcpp_zh.errors import LcppError
+from lcpp_zh.errors import LcppError, RpcUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,6 @@ DEV_TYPE_NAMES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
 dev_t = ctypes.c_void_p  # ggml_backend_dev_t
 reg_t = ctypes.c_void_p  # ggml_backend_reg_t
-
-
-class RpcUnavailable(LcppError):
-    """llama-cpp-python was built without ggml's RPC backend."""
 
 
 def lib_dir() -> Path:
@@ -87,6 +84,24 @@ def ggml() -> ctypes.CDLL:
         ("ggml_backend_reg_by_name", reg_t, [ctypes.c_char_p]),
         ("ggml_backend_register", None, [reg_t]),
         ("ggml_backend_load_all", None, []),
+    ]:
+        _declare(lib, name, restype, argtypes)
+    return lib
+
+
+@functools.cache
+def ggml_base() -> ctypes.CDLL:
+    """libggml-base with the tensor and buffer calls that read activations declared (the importance matrix's
+    eval callback; the struct layout is lcpp_zh.eval.quantization.ggml_tensor's)."""
+    lib = _load("ggml-base")
+    if lib is None:
+        raise LcppError(f"libggml-base not found in {lib_dir()}: reinstall llama-cpp-python with `make install`")
+    for name, restype, argtypes in [
+        ("ggml_backend_buffer_is_host", ctypes.c_bool, [ctypes.c_void_p]),
+        ("ggml_backend_tensor_get", None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]),
+        ("ggml_nbytes", ctypes.c_size_t, [ctypes.c_void_p]),
+        ("ggml_op_name", ctypes.c_char_p, [ctypes.c_int]),
+        ("ggml_tensor_overhead", ctypes.c_size_t, []),
     ]:
         _declare(lib, name, restype, argtypes)
     return lib
@@ -150,6 +165,6 @@ def device_array(handles: list[int]) -> ctypes.Array:
     return (dev_t * (len(handles) + 1))(*handles, None)
 
 
-__all__ = ["RPC_PROTO_VERSION", "RPC_MAX_SERVERS", "DEV_TYPE_NAMES", "RpcUnavailable", "lib_dir", "ggml", "ggml_rpc",
-           "ensure_backends", "dev_memory", "dev_name", "dev_description", "dev_reg_name", "backend_names",
+__all__ = ["RPC_PROTO_VERSION", "RPC_MAX_SERVERS", "DEV_TYPE_NAMES", "RpcUnavailable", "lib_dir", "ggml", "ggml_base",
+           "ggml_rpc", "ensure_backends", "dev_memory", "dev_name", "dev_description", "dev_reg_name", "backend_names",
            "device_array"]

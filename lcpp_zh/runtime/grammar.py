@@ -23,6 +23,8 @@ from lcpp_zh.errors import EngineError
 
 logger = logging.getLogger(__name__)
 
+# GBNF text, in UTF-8 bytes (what the parser reads). The one grammar limit: the server's request
+# validation checks it too (check_grammar_size), so a body is refused before any other work.
 MAX_GRAMMAR_BYTES = 100_000
 # Nested groups: each costs the parser ~350 bytes of stack, so 1024 need ~360 kB (any thread has 1 MB).
 MAX_NESTING = 1024
@@ -48,11 +50,16 @@ _DATA_KEYS = frozenset({"enum", "const", "default", "examples", "required", "des
 
 
 # --- GBNF ---
-def check_grammar_text(text: str) -> None:
-    """Raise EngineError when a GBNF grammar is beyond the limits that keep llama.cpp's parser safe."""
-    size = len(text.encode("utf-8"))
+def check_grammar_size(text: str) -> None:
+    """Raise EngineError when a grammar is longer than MAX_GRAMMAR_BYTES (UTF-8)."""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > MAX_GRAMMAR_BYTES:
         raise EngineError(f"grammar is {size} bytes; at most {MAX_GRAMMAR_BYTES} are accepted")
+
+
+def check_grammar_text(text: str) -> None:
+    """Raise EngineError when a GBNF grammar is beyond the limits that keep llama.cpp's parser safe."""
+    check_grammar_size(text)
     depth = expanded = 0
     last = 1  # grammar elements of the item a repetition would copy
     i, n = 0, len(text)

@@ -17,13 +17,19 @@ from pathlib import Path
 
 import llama_cpp
 
-from lcpp_zh.convert.llama_log import route_llama_logs
+from lcpp_zh.common.llama_log import route_llama_logs
 from lcpp_zh.errors import EngineError, ModelError
 
 logger = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
-KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "f32": llama_cpp.GGML_TYPE_F32, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+# ggml type ids of llama.cpp's KV cache types (lcpp_zh.runtime.settings.KV_CACHE_TYPES, llama-server's
+# --cache-type-k/-v choices); bf16 is 30 in ggml.h but not exported by llama-cpp-python.
+KV_TYPES = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16, "bf16": 30,
+            "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0, "q4_1": llama_cpp.GGML_TYPE_Q4_1,
+            "iq4_nl": llama_cpp.GGML_TYPE_IQ4_NL, "q5_0": llama_cpp.GGML_TYPE_Q5_0, "q5_1": llama_cpp.GGML_TYPE_Q5_1}
+FLASH_ATTN = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+              "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 _backend_ready = False
 
 
@@ -226,31 +232,55 @@ class Batch:
             self.batch = None
 
 
+def _kv_type(name: str | None, default: int) -> int:
+    if name is None:
+        return default
+    if name not in KV_TYPES:
+        raise EngineError(f"KV cache type {name!r}: expected one of {', '.join(KV_TYPES)}")
+    return KV_TYPES[name]
+
+
 class LlamaContext:
     """A llama context with `n_seq` sequences sharing one unified KV cache of `n_ctx` cells."""
 
     def __init__(self, model: LlamaModel, *, n_ctx: int, n_batch: int, n_seq: int, n_threads: int,
-                 embeddings: bool = False, kv_type: str | None = None) -> None:
-        """`kv_type`: f16 (llama.cpp's default), f32 or q8_0 for both K and V cache cells."""
+                 embeddings: bool = False, kv_type: str | None = None, cache_type_k: str | None = None,
+                 cache_type_v: str | None = None, flash_attn: str = "auto", n_ubatch: int | None = None,
+                 kv_unified: bool = True, cb_eval: object | None = None, cb_eval_user_data: int | None = None) -> None:
+        """`kv_type`: one type (KV_TYPES) for both K and V cells; `cache_type_k`/`cache_type_v` set each
+        (None: llama.cpp's f16). `flash_attn`: auto | on | off; a quantized V cache needs it on or auto.
+        `n_ubatch`: tokens per compute step (None: n_batch); how llama.cpp cuts a batch changes a model's
+        logits slightly, so the eval commands set llama-perplexity's -ub. `kv_unified` False: one KV stream per
+        sequence, as llama-perplexity and llama-imatrix. `cb_eval`: a ggml_backend_sched_eval_callback (the
+        importance matrix), kept alive with the context."""
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
-        params.n_ubatch = n_batch
+        params.n_ubatch = min(n_ubatch, n_batch) if n_ubatch else n_batch
         params.n_seq_max = n_seq
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.embeddings = embeddings
-        # One KV stream per sequence, n_ctx/n_seq cells each (the engine's per-slot bound), as llama-server
-        # does: each sequence attends over its own cells only, not over every slot's, which makes batched
-        # decoding of many slots faster than with one unified cache.
-        params.kv_unified = False
-        if kv_type is not None:
-            if kv_type not in KV_TYPES:
-                raise EngineError(f"KV cache type {kv_type!r}: expected one of {', '.join(KV_TYPES)}")
-            params.type_k = params.type_v = KV_TYPES[kv_type]
+        # By default one KV cache shared by all sequences (llama-server's --kv-unified): any one request may use the
+        # whole context while the slots share it (the scheduler does the admission), and llama_memory_seq_cp
+        # shares cells instead of copying them, so a common system prompt is held once.
+        params.kv_unified = kv_unified
+        params.type_k = _kv_type(cache_type_k or kv_type, params.type_k)
+        params.type_v = _kv_type(cache_type_v or kv_type, params.type_v)
+        if flash_attn not in FLASH_ATTN:
+            raise EngineError(f"flash attention {flash_attn!r}: expected one of {', '.join(FLASH_ATTN)}")
+        if flash_attn == "off" and params.type_v not in (llama_cpp.GGML_TYPE_F16, llama_cpp.GGML_TYPE_F32, 30):
+            # llama.cpp refuses this context with only a log line; say why here.
+            raise EngineError("a quantized V cache needs flash attention: use --flash-attn auto or on, "
+                              "or --cache-type-v f16")
+        params.flash_attn_type = FLASH_ATTN[flash_attn]
         if embeddings:
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        if cb_eval is not None:
+            params.cb_eval = cb_eval
+            params.cb_eval_user_data = cb_eval_user_data
         self.model = model
+        self._cb_eval = cb_eval  # ctypes callbacks are freed with their Python object: keep it while C may call
         self.ctx = llama_cpp.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory? "
@@ -258,7 +288,9 @@ class LlamaContext:
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         # llama.cpp may lower the batch it accepts (to the requested context when that is smaller, while it
         # rounds the context itself up): a batch above this aborts in llama_decode, so callers use this one.
-        self.n_batch = min(llama_cpp.llama_n_batch(self.ctx), llama_cpp.llama_n_ubatch(self.ctx) or n_batch)
+        # With n_ubatch apart from n_batch (the eval contexts), llama.cpp cuts each batch into micro-batches itself.
+        accepted = llama_cpp.llama_n_batch(self.ctx)
+        self.n_batch = accepted if n_ubatch else min(accepted, llama_cpp.llama_n_ubatch(self.ctx) or n_batch)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
 
     def decode(self, batch: Batch) -> int:
@@ -267,6 +299,22 @@ class LlamaContext:
 
     def seq_rm(self, seq_id: int, p0: int, p1: int = -1) -> bool:
         return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq_id, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """Give `dst` the cells of `src` in [p0, p1): shared, not copied, in the unified cache."""
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def state_save(self, seq_id: int) -> bytes:
+        """The KV cells of one sequence as bytes (llama-server's prompt cache in RAM keeps these)."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, seq_id)
+        return bytes(buf)[:n]
+
+    def state_load(self, seq_id: int, data: bytes) -> bool:
+        """Put saved cells back into an empty sequence; False when llama.cpp found no room for them."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), seq_id) > 0
 
     def seq_pos_max(self, seq_id: int) -> int:
         return llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id)

@@ -1,38 +1,23 @@
-"""From command-line settings to a running Engine: resolve the model, plan GPU offload, load with fallback.
+"""From a ModelChoice and EngineSettings to a running Engine: resolve the model, plan GPU offload, load with
+fallback.
 
-Shared by chat, generate and serve so that MODEL, --gpu-layers, --gpus, --ctx and --threads mean the same
-everywhere. Reports (the offload plan, a conversion starting) go through a callback; nothing is printed.
+Shared by chat, generate and serve (lcpp_zh.server.model_loader) so that MODEL, --gpu-layers, --gpus, --ctx
+and --threads mean the same everywhere. Reports (the offload plan, a conversion starting) go through a
+callback; nothing is printed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lcpp_zh.errors import EngineError
+from lcpp_zh.runtime.offload import OffloadPlan
+from lcpp_zh.runtime.settings import EngineSettings, ModelChoice
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RuntimeOptions:
-    model: str
-    quant: str | None = None
-    infer_dtype: str | None = None
-    template: str | None = None
-    n_ctx: int = 4096
-    n_parallel: int = 1
-    n_threads: int | None = None
-    n_batch: int = 512
-    gpu_layers: str = "auto"
-    gpus: str | None = None
-    main_gpu: int | None = None
-    rpc: str | None = None            # --rpc HOST:PORT[,HOST:PORT]
-    tensor_split: str | None = None   # --tensor-split 3,1
-    loras: Sequence[str] = field(default_factory=tuple)
-    verbose: bool = False
 
 
 def parse_gpu_layers(text: str | int) -> str | int:
@@ -45,59 +30,74 @@ def parse_gpu_layers(text: str | int) -> str | int:
     raise EngineError(f"--gpu-layers {text!r}: expected auto, all or a number of layers")
 
 
-def open_engine(opts: RuntimeOptions, *, report: Callable[[str], None] = logger.warning,
-                progress: Callable | None = None):
-    """Resolve opts.model to a GGUF, plan the offload, report the plan and load the engine. With RPC workers
-    the engine runs in a runner process (a RunnerClient): llama.cpp aborts the process that computes when a
-    worker goes away, and that must not be the chat's own."""
-    from lcpp_zh.resolve import resolve_model
-    from lcpp_zh.runtime.devices import resolve_devices
-    from lcpp_zh.runtime.engine import Engine
-    from lcpp_zh.runtime.offload import load_with_fallback, parse_tensor_split, plan_for
+def check_settings(settings: EngineSettings) -> None:
+    """What can be checked before any model is resolved: the context against the slots, the offload flags."""
+    least = 16 * max(settings.n_parallel, 1)
+    if settings.n_ctx < least:
+        raise EngineError(f"--ctx {settings.n_ctx} is too small for {settings.n_parallel} slot(s); "
+                          f"use at least {least}")
+    from lcpp_zh.runtime.offload import parse_tensor_split
     from lcpp_zh.runtime.rpc import parse_endpoints
 
-    if opts.n_ctx < 16 * max(opts.n_parallel, 1):
-        raise EngineError(f"--ctx {opts.n_ctx} is too small; use at least {16 * max(opts.n_parallel, 1)}")
-    requested = parse_gpu_layers(opts.gpu_layers)
-    endpoints = parse_endpoints(opts.rpc)
-    split = parse_tensor_split(opts.tensor_split)
+    parse_gpu_layers(settings.gpu_layers)
+    parse_tensor_split(settings.tensor_split)
+    parse_endpoints(settings.rpc)
+
+
+def prepare_model(choice: ModelChoice, settings: EngineSettings, *,
+                  progress: Callable | None = None) -> tuple[Path, OffloadPlan]:
+    """Check the settings, resolve choice.name to a checked GGUF (converting a checkpoint on first use) and
+    plan its offload on this machine and the RPC workers. Loads nothing."""
+    from lcpp_zh.resolve import resolve_model
+    from lcpp_zh.runtime.llama_api import check_gguf_file
+    from lcpp_zh.runtime.offload import parse_tensor_split, plan_for
+    from lcpp_zh.runtime.rpc import parse_endpoints
+
+    check_settings(settings)
+    endpoints = parse_endpoints(settings.rpc)
     if endpoints:
         from lcpp_zh.runtime.ggml_api import ggml_rpc
 
         ggml_rpc()  # one line to reinstall before anything else happens, on a build without RPC
-    path: Path = resolve_model(opts.model, opts.quant, infer_dtype=opts.infer_dtype, template=opts.template,
-                               progress=progress)
-    from lcpp_zh.runtime.llama_api import check_gguf_file
-
+    path = resolve_model(choice.name, choice.quant, infer_dtype=choice.infer_dtype, template=choice.template,
+                         progress=progress)
     check_gguf_file(path)
-    plan = plan_for(path, opts.n_ctx, requested, opts.gpus, opts.main_gpu, split, endpoints)
-    report(plan.describe())
-    if endpoints:
-        return _open_runner(path, opts, plan), plan
-
-    def load(p):
-        return Engine(path, n_ctx=opts.n_ctx, n_parallel=opts.n_parallel, n_threads=opts.n_threads,
-                      n_batch=opts.n_batch, gpu_layers=p.n_gpu_layers, main_gpu=p.main_gpu,
-                      tensor_split=p.tensor_split, loras=tuple(opts.loras), verbose=opts.verbose,
-                      devices=resolve_devices(p.devices) or None)
-
-    engine, plan = load_with_fallback(load, plan, report)
-    return engine, plan
+    plan = plan_for(path, settings.n_ctx, parse_gpu_layers(settings.gpu_layers), settings.gpus, settings.main_gpu,
+                    parse_tensor_split(settings.tensor_split), endpoints,
+                    cache_types=(settings.cache_type_k, settings.cache_type_v))
+    return path, plan
 
 
-def _open_runner(path: Path, opts: RuntimeOptions, plan):
-    """The engine in a supervised runner process, which registers the workers itself (per process)."""
-    from dataclasses import asdict
+def load_engine(path: str | Path, settings: EngineSettings, plan: OffloadPlan,
+                report: Callable[[str], None] = logger.warning) -> tuple[Any, OffloadPlan]:
+    """An in-process Engine, retried with fewer offloaded layers while loading runs out of device memory."""
+    from lcpp_zh.runtime.engine import Engine
+    from lcpp_zh.runtime.offload import load_with_fallback
 
+    return load_with_fallback(lambda p: Engine(path, settings, plan=p), plan, report)
+
+
+def start_runner(path: str | Path, settings: EngineSettings, plan: OffloadPlan, *, alias: str = "",
+                 on_restart: Callable[[str], None] | None = None) -> Any:
+    """The engine in a supervised runner process (a RunnerClient), which registers the RPC workers itself (per
+    process) and does the plan's out-of-memory fallback there."""
     from lcpp_zh.runtime.runner_client import RunnerClient
     from lcpp_zh.runtime.runner_protocol import RunnerConfig
 
-    config = RunnerConfig(model_path=str(path), n_ctx=opts.n_ctx, n_parallel=opts.n_parallel,
-                          n_threads=opts.n_threads, n_batch=opts.n_batch, embeddings=False,
-                          loras=[(str(p), float(s)) for p, s in _pairs(opts.loras)], plan=asdict(plan),
+    config = RunnerConfig(model_path=str(path), settings=settings, plan=plan,
                           log_level=logging.getLogger().getEffectiveLevel())
-    return RunnerClient(config, alias=path.name)
+    return RunnerClient(config, alias=alias or Path(path).name, on_restart=on_restart)
 
 
-def _pairs(loras: Sequence) -> list[tuple[str, float]]:
-    return [(item, 1.0) if isinstance(item, str | Path) else (item[0], item[1]) for item in loras]
+def open_engine(choice: ModelChoice, settings: EngineSettings, *, report: Callable[[str], None] = logger.warning,
+                progress: Callable | None = None) -> tuple[Any, OffloadPlan]:
+    """Resolve and plan (prepare_model), report the plan and load the engine. With RPC workers the engine runs
+    in a runner process: llama.cpp aborts the process that computes when a worker goes away, and that must
+    not be the chat's own."""
+    from lcpp_zh.runtime.rpc import parse_endpoints
+
+    path, plan = prepare_model(choice, settings, progress=progress)
+    report(plan.describe())
+    if parse_endpoints(settings.rpc):
+        return start_runner(path, settings, plan), plan
+    return load_engine(path, settings, plan, report)

@@ -4,7 +4,7 @@ place on the context's logits for just the tokens they touch.
 llama.cpp's penalties sampler looks every vocabulary entry up in a hash map: 49,152 lookups a token for
 SmolLM2, about 0.15 ms, which is 5% of batched decoding on two cores (its header says to avoid it on the
 full vocabulary). Here only the tokens in the window are read and written, with the same float32
-arithmetic, so the logits that reach the rest of the chain are bit-identical (tests/test_logit_edits.py
+arithmetic, so the logits that reach the rest of the chain are bit-identical (tests/runtime/test_logit_edits.py
 compares them with llama.cpp's own samplers). It also gives repeat_last_n = -1 its documented meaning, the
 whole sequence, which llama.cpp's sampler clamps to 0 (off).
 """

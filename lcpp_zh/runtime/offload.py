@@ -26,6 +26,9 @@ MiB = 1 << 20
 MARGIN_BYTES = 640 * MiB
 MARGIN_FRACTION = 0.05
 _LAYER = re.compile(r"^blk\.(\d+)\.")
+# Bytes per KV element of each llama.cpp cache type (ggml block size / elements per block).
+KV_ELEMENT_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+                    "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32}
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,9 @@ class OffloadPlan:
         return line + (f"; {self.note}" if self.note else "")
 
 
-def read_model_sizes(path: str | Path) -> ModelSizes:
-    """Tensor sizes and KV geometry from a GGUF file's header (no weights are read)."""
+def read_model_sizes(path: str | Path, cache_types: tuple[str, str] = ("f16", "f16")) -> ModelSizes:
+    """Tensor sizes and KV geometry from a GGUF file's header (no weights are read); the KV at its real size
+    for the K and V cache types."""
     import gguf
 
     try:
@@ -104,7 +108,7 @@ def read_model_sizes(path: str | Path) -> ModelSizes:
     n_head = int(_field(reader, f"{arch}.attention.head_count") or 1)
     n_head_kv = int(_field(reader, f"{arch}.attention.head_count_kv") or n_head)
     head_dim = int(_field(reader, f"{arch}.attention.key_length") or n_embd // max(n_head, 1))
-    kv_per = 2 * n_head_kv * head_dim * 2  # K and V, f16 cells
+    kv_per = round(n_head_kv * head_dim * sum(KV_ELEMENT_BYTES[t] for t in cache_types))  # K and V cells
     return ModelSizes(tuple(layers[i] for i in sorted(layers)), output, kv_per)
 
 
@@ -125,6 +129,9 @@ def plan_offload(sizes: ModelSizes, devices: Sequence[Device], n_ctx: int, *, re
     cpu_peer = requested == "auto" and tensor_split is None and cpu is not None and (
         cpu in chosen or (not gpus and chosen and all(d.is_rpc for d in chosen)))
     chosen = [d for d in chosen if d.offloads]
+    # A unified-memory device (Apple's Metal, an iGPU) holds its layers in the CPU's own RAM: a CPU share of
+    # its own would count that memory twice and move layers off the faster device for nothing.
+    cpu_peer = cpu_peer and not any(d.unified_memory for d in chosen)
     if not chosen or requested in (0, "0"):
         return OffloadPlan(0, n, note="" if requested in (0, "0") or not chosen and not gpus
                            else "no GPU chosen: running on the CPU")
@@ -227,11 +234,12 @@ def _no_device_note(gpus: str | None) -> str:
 
 
 def plan_for(model_path: Path, n_ctx: int, requested: str | int, gpus: str | None, main_gpu: int | None,
-             tensor_split: Sequence[float] | None = None, rpc: Sequence[str] = ()) -> OffloadPlan:
+             tensor_split: Sequence[float] | None = None, rpc: Sequence[str] = (),
+             cache_types: tuple[str, str] = ("f16", "f16")) -> OffloadPlan:
     """The plan on this machine and its workers (probed, not registered: the runner registers them)."""
     from lcpp_zh.runtime.devices import plannable_devices
 
-    sizes = read_model_sizes(model_path)
+    sizes = read_model_sizes(model_path, cache_types)
     if requested in (0, "0"):
         return OffloadPlan(0, sizes.n_layers, note="running on the CPU (--gpu-layers 0)")
     devices = plannable_devices(rpc)

@@ -16,7 +16,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from lcpp_zh.errors import LcppError
+from lcpp_zh.errors import RpcError
 from lcpp_zh.runtime import ggml_api
 
 logger = logging.getLogger(__name__)
@@ -28,10 +28,6 @@ CMD_GET_DEVICE_MEMORY = 11
 CMD_HELLO = 14
 CMD_DEVICE_COUNT = 15
 CONN_CAPS_SIZE = 24  # RPC_CONN_CAPS_SIZE (transport.h): all zero = plain TCP, no RDMA upgrade
-
-
-class RpcError(LcppError):
-    """An RPC worker that cannot be used (unreachable, not a worker, another protocol version, busy)."""
 
 
 @dataclass(frozen=True)

@@ -135,23 +135,15 @@ class Runner:
 
 
 def _load_engine(config: RunnerConfig) -> tuple[Any, Any]:
-    from lcpp_zh.runtime.devices import resolve_devices
-    from lcpp_zh.runtime.engine import Engine
-    from lcpp_zh.runtime.offload import OffloadPlan, load_with_fallback
+    from lcpp_zh.runtime.loader import load_engine
+    from lcpp_zh.runtime.offload import OffloadPlan
     from lcpp_zh.runtime.rpc import register_workers
 
-    def load(plan: OffloadPlan) -> Engine:
-        return Engine(config.model_path, n_ctx=config.n_ctx, n_parallel=config.n_parallel,
-                      n_threads=config.n_threads, n_batch=config.n_batch, gpu_layers=plan.n_gpu_layers,
-                      main_gpu=plan.main_gpu, tensor_split=plan.tensor_split, loras=tuple(config.loras),
-                      embeddings=config.embeddings, max_queue=config.max_queue,
-                      devices=resolve_devices(plan.devices) or None)
-
-    plan = OffloadPlan(**config.plan) if config.plan else OffloadPlan(0, 0)
+    plan = config.plan or OffloadPlan(0, 0)
     # RPC registration is per process, in the planner's order so that the device names (RPC0, ...) match;
     # each worker is probed first, since llama.cpp aborts on one it cannot reach.
     register_workers(plan.rpc)
-    return load_with_fallback(load, plan, logger.warning)
+    return load_engine(config.model_path, config.settings, plan, logger.warning)
 
 
 def _watch_engine(engine: Any) -> None:

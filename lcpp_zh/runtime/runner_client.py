@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import asdict
 from typing import Any
 
+from lcpp_zh.common.console import status
 from lcpp_zh.errors import EngineError, EngineUnavailable, LcppError, ModelError
 from lcpp_zh.runtime.engine import VocabularyFront
 from lcpp_zh.runtime.llama_api import LlamaModel
@@ -199,7 +200,7 @@ class RunnerClient(VocabularyFront):
             if not closing:
                 self.state = "restarting"
                 self.error = f"the model runner stopped ({describe_exit(rc)})"
-        lost = "; an RPC worker may have gone away" if self.config.plan.get("rpc") else ""
+        lost = "; an RPC worker may have gone away" if self.config.uses_rpc else ""
         message = (f"the model runner stopped ({describe_exit(rc)}{lost}) during this request; it is being "
                    "restarted" if not closing else "the server is shutting down")
         for stream in streams:
@@ -225,9 +226,9 @@ class RunnerClient(VocabularyFront):
             return
         try:
             self._start()
-            logger.warning("%s: the model runner is back (restart %d)", self.alias, self.restarts)
+            status(logger, "%s: the model runner is back (restart %d)", self.alias, self.restarts)
         except BaseException as exc:  # noqa: BLE001 - reported once through /health; no restart loop
-            if self.config.plan.get("rpc") and not isinstance(exc, KeyboardInterrupt):
+            if self.config.uses_rpc and not isinstance(exc, KeyboardInterrupt):
                 # A worker that went away may come back (a rebooted machine, a restarted `lcpp-zh worker`):
                 # keep trying with the same back-off, and say which worker is missing meanwhile.
                 with self._lock:
@@ -281,7 +282,7 @@ class RunnerClient(VocabularyFront):
         params = params or SamplingParams()
         check_request(tokens, params, n_ctx_slot=self.n_ctx_slot, n_vocab=self.n_vocab)
         with self._lock:
-            if len(self._streams) >= self.n_parallel + self.config.max_queue:
+            if len(self._streams) >= self.n_parallel + self.config.settings.max_queue:
                 raise QueueFull(f"server busy: {len(self._streams) - self.n_parallel} requests waiting; retry later")
             request_id = next(self._ids)
             stream = RemoteStream(self, request_id, len(tokens))

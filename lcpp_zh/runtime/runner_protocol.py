@@ -9,36 +9,39 @@ a corrupted runner must not be able to make the server run code through what it 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lcpp_zh.runtime.offload import OffloadPlan
+from lcpp_zh.runtime.settings import EngineSettings
 from lcpp_zh.runtime.stream import Event, Finished, TextDelta
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunnerConfig:
     """Everything a runner needs to build its engine (the model is resolved and planned by the server)."""
 
     model_path: str
-    n_ctx: int = 4096
-    n_parallel: int = 4
-    n_threads: int | None = None
-    n_batch: int = 512
-    max_queue: int = 64
-    embeddings: bool = False
-    loras: list[tuple[str, float]] = field(default_factory=list)
-    plan: dict[str, Any] = field(default_factory=dict)  # OffloadPlan fields
-    log_level: int = 30
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    plan: OffloadPlan | None = None  # None: the CPU only
+    log_level: int = logging.WARNING
+
+    @property
+    def uses_rpc(self) -> bool:
+        """Whether the plan puts layers on RPC workers (whose loss explains a dying runner)."""
+        return bool(self.plan is not None and self.plan.rpc)
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"model_path": self.model_path, "settings": self.settings.to_wire(),
+                "plan": asdict(self.plan) if self.plan is not None else None, "log_level": self.log_level}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> RunnerConfig:
-        data = dict(data)
-        data["loras"] = [(str(path), float(scale)) for path, scale in data.get("loras", [])]
-        return cls(**data)
+        plan = data.get("plan")
+        return cls(model_path=str(data["model_path"]), settings=EngineSettings.from_wire(data.get("settings") or {}),
+                   plan=OffloadPlan(**plan) if plan else None, log_level=int(data.get("log_level", logging.WARNING)))
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -1,8 +1,8 @@
 """Sampling settings and the llama.cpp sampler chains built from them.
 
-Defaults follow the seed's Chinese Llama 2 chat settings (temperature 0.3, top_p 0.95, top_k 50,
-repetition penalty 1.3, 512 new tokens). This module validates settings, builds chains and runs a chain over
-its own candidate array for grammar requests; it does not decode or own a context (lcpp_zh.runtime.engine does).
+Defaults are the seed's Chinese Llama 2 chat settings (lcpp_zh.common.sampling_defaults). This module validates
+settings, builds chains and runs a chain over its own candidate array for grammar requests; it does not decode or
+own a context (lcpp_zh.runtime.engine does).
 """
 
 from __future__ import annotations
@@ -16,33 +16,44 @@ from typing import Any
 
 import numpy as np
 
+from lcpp_zh.common.sampling_defaults import SEED_SAMPLING
 from lcpp_zh.errors import EngineError
 from lcpp_zh.runtime.grammar import compile_grammar
 
 logger = logging.getLogger(__name__)
 
 
+# Triggers are searched in the text at every token: a few short ones.
+MAX_TRIGGERS = 8
+MAX_TRIGGER_CHARS = 64
+
+
 @dataclass
 class SamplingParams:
     """How one request samples; `seed=None` draws a fresh seed per request."""
 
-    temperature: float = 0.3
-    top_p: float = 0.95
-    top_k: int = 50
-    min_p: float = 0.0
-    repeat_penalty: float = 1.3
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    temperature: float = SEED_SAMPLING.temperature
+    top_p: float = SEED_SAMPLING.top_p
+    top_k: int = SEED_SAMPLING.top_k
+    min_p: float = SEED_SAMPLING.min_p
+    repeat_penalty: float = SEED_SAMPLING.repeat_penalty
+    repeat_last_n: int = SEED_SAMPLING.repeat_last_n
+    presence_penalty: float = SEED_SAMPLING.presence_penalty
+    frequency_penalty: float = SEED_SAMPLING.frequency_penalty
     seed: int | None = None
-    max_tokens: int = 512
+    max_tokens: int = SEED_SAMPLING.max_tokens
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    # A lazy grammar (tool calls with tool_choice auto): free text until one of these strings is generated,
+    # then `grammar` constrains what follows it (lcpp_zh.runtime.lazy_grammar). Empty: the grammar applies
+    # from the first token.
+    grammar_triggers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # JSON (a saved chat, an HTTP body) has string keys.
         self.logit_bias = {int(token): float(bias) for token, bias in self.logit_bias.items()}
+        self.grammar_triggers = list(self.grammar_triggers)
         self.validate()
 
     def validate(self) -> None:
@@ -60,6 +71,9 @@ class SamplingParams:
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty text"),
             (all(t >= 0 and not math.isnan(b) for t, b in self.logit_bias.items()),
              "logit_bias needs token ids >= 0 and numeric biases"),
+            (all(isinstance(t, str) and 0 < len(t) <= MAX_TRIGGER_CHARS for t in self.grammar_triggers)
+             and len(self.grammar_triggers) <= MAX_TRIGGERS, "grammar_triggers must be a few short strings"),
+            (not self.grammar_triggers or bool(self.grammar), "grammar_triggers need a grammar"),
         ]
         for ok, message in checks:
             if not ok:
@@ -90,7 +104,9 @@ def build_chain(params: SamplingParams, *, vocab: Any) -> Any:
     import llama_cpp
 
     # Checked against the parser's limits first: a grammar that would overflow its stack never reaches it.
-    grammar = compile_grammar(params.grammar, vocab) if params.grammar else None
+    # A lazy grammar is not in the chain: lcpp_zh.runtime.lazy_grammar applies it once triggered.
+    eager = params.grammar and not params.grammar_triggers
+    grammar = compile_grammar(params.grammar, vocab) if eager else None
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     if chain is None:
         if grammar:

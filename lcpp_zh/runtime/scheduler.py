@@ -1,9 +1,11 @@
-"""Continuous batching over N sequence slots: the loop that the engine thread runs.
+"""Continuous batching over N sequence slots sharing one KV cache: the loop that the engine thread runs.
 
-Each step builds one batch: one token for every slot that is generating, then prompt chunks of the
-slots that are prefilling, up to n_batch tokens, so a long prompt never stalls the others. New requests
-join at the next step, on the idle slot whose cached tokens share the longest prefix with the prompt.
-The backend (llama.cpp or a fake in tests) is injected; this module never imports llama_cpp.
+Each step builds one batch: one token for every slot that is generating, then prompt chunks of the slots
+that are prefilling, up to n_batch tokens, so a long prompt never stalls the others. Any one request may use
+the whole context (up to n_ctx_slot); a request joins when the cache can hold its prompt, in arrival order,
+reusing the longest cached prefix of its slot, of another slot (shared cells) or of the RAM cache. When
+running requests outgrow the cache, idle slots are evicted, then the newest request pauses until there
+is room again. The backend (llama.cpp or a fake in tests) is injected; this module never imports llama_cpp.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from lcpp_zh.errors import EngineError
+from lcpp_zh.errors import EngineError, QueueFull
+from lcpp_zh.runtime.kv_memory import KvMemory
+from lcpp_zh.runtime.prompt_cache import PromptCache
 from lcpp_zh.runtime.slots import Request, Slot, check_request, common_prefix
 from lcpp_zh.runtime.stream import Finished
 
@@ -25,10 +29,6 @@ logger = logging.getLogger(__name__)
 # How long an idle engine waits for more of a burst of requests (see Scheduler._gather_burst).
 GATHER_QUIET_S = 0.003
 GATHER_MAX_S = 0.03
-
-
-class QueueFull(EngineError):
-    """Every slot is busy and the waiting queue is full (a server answers 503)."""
 
 
 class Backend(Protocol):
@@ -42,6 +42,9 @@ class Backend(Protocol):
     def free_sampler(self, sampler: Any) -> None: ...
     def is_eog(self, token: int) -> bool: ...
     def piece(self, token: int) -> bytes: ...
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+    def state_save(self, seq_id: int) -> bytes: ...
+    def state_load(self, seq_id: int, data: bytes) -> bool: ...
 
 
 def slot_score(slot: Slot, req: Request) -> tuple[int, int, int, int, float]:
@@ -62,10 +65,14 @@ class Scheduler:
     """Owns the slots and the waiting queue; `run()` is the engine thread's body."""
 
     def __init__(self, backend: Backend, *, n_slots: int, n_ctx_slot: int, n_batch: int,
-                 max_queue: int = 64) -> None:
+                 max_queue: int = 64, n_ctx: int | None = None, prompt_cache: PromptCache | None = None) -> None:
+        """`n_ctx`: KV cells shared by the slots (default n_slots * n_ctx_slot); `n_ctx_slot`: the most
+        tokens one request may hold (prompt and answer); `prompt_cache`: idle conversations kept in RAM."""
         self.backend = backend
-        self.slots = [Slot(i, n_ctx_slot) for i in range(n_slots)]
-        self.n_ctx_slot = n_ctx_slot
+        self.n_ctx = n_ctx if n_ctx is not None else n_slots * n_ctx_slot
+        self.n_ctx_slot = min(n_ctx_slot, self.n_ctx)
+        self.slots = [Slot(i, self.n_ctx_slot) for i in range(n_slots)]
+        self.kv = KvMemory(backend, self.n_ctx, prompt_cache)
         self.n_batch = n_batch
         self.max_queue = max_queue
         self.queue: collections.deque[Request] = collections.deque()
@@ -104,14 +111,14 @@ class Scheduler:
             change()
             for slot in self.slots:
                 slot.stale = slot.busy
-                if not slot.busy:
-                    self.backend.seq_rm(slot.seq_id, -1, -1)
-                    slot.tokens = []
+            self.kv.forget(self.slots)
 
     def stats(self) -> dict[str, int]:
         with self.cond:
+            cache = self.kv.cache.stats() if self.kv.cache is not None else {}
             return {"slots_total": len(self.slots), "slots_busy": sum(s.busy for s in self.slots),
-                    "queue_depth": len(self.queue), **self.totals}
+                    "queue_depth": len(self.queue), "kv_cells_total": self.n_ctx,
+                    "kv_cells_used": self.kv.ledger.used, **cache, **self.totals}
 
     # --- engine thread ---
     def run(self) -> None:
@@ -161,25 +168,81 @@ class Scheduler:
             seen = len(self.queue)
 
     def _admit(self) -> None:
-        """Move waiting requests onto idle slots, each on the slot with the longest shared prefix."""
+        """Resume paused requests, then move waiting ones onto idle slots in arrival order while the cache
+        can hold them: the first that does not fit waits, and the ones behind it too, so a long prompt is
+        never overtaken forever by short ones."""
+        if not self._resume_paused():
+            return
         while True:
             with self.cond:
                 idle = [s for s in self.slots if not s.busy]
                 if not self.queue or not idle:
                     return
-                req = self.queue.popleft()
+                req = self.queue[0]
+            if not req.stream.cancelled.is_set():
+                slot = self._place(req, idle)
+                if slot is None:
+                    return
+            with self.cond:
+                if self.queue and self.queue[0] is req:
+                    self.queue.popleft()
             if req.stream.cancelled.is_set():
                 req.stream.put(Finished("cancelled", len(req.tokens), 0, 0, 0.0, 0.0))
                 continue
-            self._start(req, idle)
+            self._start(req, slot)
 
-    def _start(self, req: Request, idle: list[Slot]) -> None:
+    def _headroom(self, n_tokens: int, max_new: int) -> int:
+        """Cells kept free for a request's answer when it joins: enough for a good part of it, not all of
+        max_tokens (most answers end much earlier; the pause below handles the rest)."""
+        share = max(16, self.n_ctx // (4 * len(self.slots)))
+        return max(1, min(max_new, self.n_ctx_slot - n_tokens, share))
+
+    def _place(self, req: Request, idle: list[Slot]) -> Slot | None:
+        """The idle slot for `req` with the longest prefix of the prompt in its cells (its own, shared from
+        another slot, or restored from RAM), and room for the rest; None when the cache cannot hold it now."""
         slot = max(idle, key=lambda s: slot_score(s, req))
+        n = len(req.tokens)
         # At least the last prompt token is evaluated again: its logits give the first sampled token.
+        keep = min(common_prefix(slot.tokens, req.tokens), n - 1)
+        donor, shared = None, keep
+        for other in self.slots:
+            if other is not slot and not other.paused and not other.stale:
+                m = min(common_prefix(other.tokens, req.tokens), n - 1)
+                if m > shared:
+                    donor, shared = other, m
+        counted = shared if donor is not None and donor.busy else 0  # a running donor's cells are counted
+        headroom = self._headroom(n, req.params.max_tokens)
+        if self._committed() + n - counted + headroom > self.n_ctx:
+            return None
+        if len(slot.tokens) - max(keep, shared) >= self._min_save():
+            self.kv.save(slot)  # its conversation may come back: keep it in RAM
+        if donor is not None:
+            self.kv.share(donor, slot, shared)
+            self.totals["shared_tokens"] += shared
+            keep = shared
+        else:
+            keep = self.kv.restore(slot, req.tokens, keep)
+        self.kv.trim(slot, min(keep, n - 1))
+        self.kv.evict_idle(self.slots, n - len(slot.tokens) + headroom, exclude=slot)
+        return slot
+
+    def _committed(self) -> int:
+        """Cells the running requests hold or will soon: their cells, their prompt still to evaluate and
+        the headroom of their answer."""
+        running = [s for s in self.slots if s.busy and not s.paused]
+        total = self.kv.ledger.used_by(s.seq_id for s in running)
+        for slot in running:
+            total += len(slot.pending) + (slot.next_token is not None)
+            left = slot.req.params.max_tokens - slot.n_generated
+            total += self._headroom(len(slot.tokens) + len(slot.pending), left)
+        return total
+
+    def _min_save(self) -> int:
+        return self.kv.cache.min_tokens if self.kv.cache is not None else 1 << 30
+
+    def _start(self, req: Request, slot: Slot) -> None:
         keep = min(common_prefix(slot.tokens, req.tokens), len(req.tokens) - 1)
-        if not self.backend.seq_rm(slot.seq_id, keep, -1):
-            self.backend.seq_rm(slot.seq_id, -1, -1)
-            slot.tokens, keep = [], 0
+        keep = self.kv.trim(slot, keep)
         try:
             sampler = self.backend.make_sampler(req.params, req.tokens)
         except EngineError as exc:
@@ -190,12 +253,52 @@ class Scheduler:
         self.totals["cached_tokens"] += keep
         logger.debug("slot %d: %d prompt tokens, %d cached", slot.seq_id, len(req.tokens), keep)
 
+    # --- when running requests outgrow the cache ---
+    def _make_room(self) -> None:
+        """Before a batch: room for one token of every generating slot and for some prefill. Idle slots go
+        first (to RAM); then the newest running request pauses, oldest ones keep going (llama-server instead
+        fails the batch when its unified cache is full)."""
+        while True:
+            active = [s for s in self.slots if s.busy and not s.paused]
+            need = sum(s.next_token is not None for s in active) + any(s.pending for s in active)
+            if need <= self.kv.free or self.kv.evict_idle(self.slots, need):
+                return
+            if len(active) <= 1:
+                return  # cannot happen (one request fits n_ctx_slot <= n_ctx); decode would report it
+            self._pause(max(active, key=lambda s: s.t_start))
+
+    def _pause(self, slot: Slot) -> None:
+        """Take a running request's cells away (kept in RAM when a cache is on); it resumes where it was."""
+        self.kv.save(slot)
+        resume = slot.tokens + slot.pending + ([slot.next_token] if slot.next_token is not None else [])
+        self.kv.trim(slot, 0)
+        slot.pending, slot.next_token, slot.paused = resume, None, True
+        self.totals["paused"] += 1
+        logger.info("slot %d paused: the KV cache is full (%d cells)", slot.seq_id, self.n_ctx)
+
+    def _resume_paused(self) -> bool:
+        """Resume paused requests, oldest first, while they fit; True when none is left paused."""
+        for slot in sorted((s for s in self.slots if s.paused), key=lambda s: s.t_start):
+            full = slot.pending
+            headroom = self._headroom(len(full), slot.req.params.max_tokens - slot.n_generated)
+            if self._committed() + len(full) + headroom > self.n_ctx:
+                return False
+            keep = self.kv.restore(slot, full, 0)
+            # The last token is evaluated again: its logits give the next token.
+            keep = self.kv.trim(slot, min(keep, len(full) - 1))
+            slot.pending, slot.paused = full[keep:], False
+            self.kv.evict_idle(self.slots, len(slot.pending) + headroom, exclude=slot)
+        return True
+
     def step(self) -> None:
         """One llama_decode over all busy slots, then sampling for those that have logits."""
         for slot in self.slots:
             if slot.busy and slot.req.stream.cancelled.is_set():
                 self._finish(slot, "cancelled")
+        self._make_room()
         batch, plan = self._build_batch()
+        # A speculative step would add here, after each generating slot's token, the draft tokens to verify
+        # (with logits), and accept the longest agreeing run after the decode below.
         if not plan:
             return
         rc = self.backend.decode(batch)
@@ -204,7 +307,7 @@ class Scheduler:
             self._decode_failed(rc, plan)
             return
         for slot, added, index in plan:
-            slot.tokens.extend(added)
+            self.kv.grew(slot, added)
             if index is None:
                 continue
             try:
@@ -226,8 +329,9 @@ class Scheduler:
                 token, slot.next_token = slot.next_token, None
                 index = batch.add(token, len(slot.tokens), slot.seq_id, True)
                 plan.append((slot, [token], index))
+        cells = self.kv.free - batch.n  # prefill only into free cells (_make_room made some)
         for slot in self.slots:
-            room = self.n_batch - batch.n
+            room = min(self.n_batch - batch.n, cells)
             if room <= 0:
                 break
             if not slot.prefilling:
@@ -240,6 +344,7 @@ class Scheduler:
                 j = batch.add(token, pos0 + i, slot.seq_id, last)
                 index = j if last else index
             plan.append((slot, chunk, index))
+            cells -= len(chunk)
         return batch, plan
 
     def _decode_failed(self, rc: int, plan: list[tuple[Slot, list[int], int | None]]) -> None:
@@ -260,8 +365,8 @@ class Scheduler:
             self.backend.free_sampler(slot.sampler)
             slot.sampler = None
         if slot.stale:  # its cache mixes KV from before and after a context change
-            self.backend.seq_rm(slot.seq_id, -1, -1)
-            slot.tokens, slot.stale = [], False
+            self.kv.trim(slot, 0)
+            slot.stale = False
         slot.last_used = time.perf_counter()
 
     def _fail_all(self, message: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +40,9 @@ def check_request(tokens: list[int], params: SamplingParams, *, n_ctx_slot: int,
     if not tokens:
         raise EngineError("empty prompt: nothing to continue from")
     if len(tokens) >= n_ctx_slot:
-        raise EngineError(f"prompt of {len(tokens)} tokens does not fit the context of "
-                          f"{n_ctx_slot} tokens per slot; raise --ctx or shorten the prompt")
+        raise EngineError(f"prompt of {len(tokens)} tokens does not fit: one request holds at most "
+                          f"{n_ctx_slot} tokens (the shared context, up to the model's training context); "
+                          "raise --ctx or shorten the prompt")
     if n_vocab is None:
         return
     if any(t < 0 or t >= n_vocab for t in tokens):
@@ -51,9 +52,17 @@ def check_request(tokens: list[int], params: SamplingParams, *, n_ctx_slot: int,
         raise EngineError(f"logit_bias: token {outside[0]} is not in the vocabulary (ids 0 to {n_vocab - 1})")
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix; compared in blocks (slice equality runs in C), as the prompt cache
+    compares every new prompt with every saved one."""
     n = min(len(a), len(b))
     i = 0
+    step = 256
+    while i < n:
+        j = min(i + step, n)
+        if list(a[i:j]) != list(b[i:j]):
+            break
+        i = j
     while i < n and a[i] == b[i]:
         i += 1
     return i
@@ -74,6 +83,8 @@ class Slot:
         self.next_token: int | None = None  # sampled, to be evaluated in the next batch
         self.cached = 0
         self.stale = False  # the context changed (LoRA scales) while this slot was busy
+        self.paused = False  # its cells were taken for older requests; `pending` holds all its tokens
+        self.t_start = 0.0
 
     @property
     def busy(self) -> bool:
@@ -81,7 +92,7 @@ class Slot:
 
     @property
     def prefilling(self) -> bool:
-        return self.req is not None and bool(self.pending)
+        return self.req is not None and bool(self.pending) and not self.paused
 
     def start(self, req: Request, keep: int, sampler: Any, piece: Callable[[int], bytes]) -> None:
         """Serve `req`, reusing the first `keep` cached tokens (the caller trimmed the KV cache)."""
@@ -91,6 +102,7 @@ class Slot:
         self.cached = keep
         self.pending = list(req.tokens[keep:])
         self.next_token = None
+        self.paused = False
         self.sampler = sampler
         self.detok = IncrementalDetokenizer(piece)
         self.stops = StopMatcher(req.params.stop)
@@ -153,5 +165,6 @@ class Slot:
         self.req = None
         self.pending = []
         self.next_token = None
+        self.paused = False
         self.last_used = now
         return event

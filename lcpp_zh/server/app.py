@@ -19,23 +19,19 @@ from typing import Any
 from fastapi import FastAPI
 
 from lcpp_zh import __version__
+from lcpp_zh.common.console import status
 from lcpp_zh.errors import LcppError
 from lcpp_zh.server.auth import FrontDoor
+from lcpp_zh.server.cors import with_cors
 from lcpp_zh.server.httperrors import install_error_handlers
+from lcpp_zh.server.leases import LeaseReleaser
 from lcpp_zh.server.metrics import Metrics
-from lcpp_zh.server.registry import ModelRegistry, ServedModel
+from lcpp_zh.server.registry import ModelRegistry, ModelSource, ServedModel
+from lcpp_zh.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-# The seed's accelerate_server.py listens on 8001; its clients expect it.
-DEFAULT_PORT = 8001
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-# Streams send at most one chunk per 50 ms (20 a second, which reads as smooth): several tokens then share
-# a chunk, which spares the event loop and the client a wake-up per token on a busy machine.
-DEFAULT_STREAM_INTERVAL_S = 0.05
-# How long SIGTERM or Ctrl-C lets the requests in flight finish before they are cut.
-DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
+DEFAULT_SETTINGS = ServerSettings()  # frozen: one shared default is safe
 
 
 @dataclass
@@ -45,21 +41,25 @@ class ServerState:
     registry: ModelRegistry
     metrics: Metrics = field(default_factory=Metrics)
     retry_after_s: int = 1
-    stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S  # least time between two streamed chunks
+    stream_interval_s: float = ServerSettings.stream_interval_s  # least time between two streamed chunks
+    context_overflow: str = ServerSettings.context_overflow  # chat histories beyond the context (server.overflow)
 
 
-def create_app(loader: Callable[[], list[ServedModel]], *, api_key: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
-               on_load_failure: Callable[[BaseException], None] | None = None) -> Any:
-    """The ASGI app: FastAPI routes behind the API-key / body-size middleware.
+def create_app(loader: ModelSource | Callable[[], list[ServedModel]], settings: ServerSettings = DEFAULT_SETTINGS,
+               *, on_load_failure: Callable[[BaseException], None] | None = None) -> Any:
+    """The ASGI app: FastAPI routes behind the API-key / body-size middleware, behind CORS when asked.
 
-    `loader` builds the served models (engines) and runs in a background thread at start-up.
+    `loader` says what the registry can load (a ModelSource; or an older loader of the whole list, run in a
+    thread at start-up). Models named in it are preloaded; the others load on first request.
     """
-    from lcpp_zh.server import lora_api, misc_api, openai_api, seed_api
+    from lcpp_zh.server import lora_api, misc_api, ollama_api, openai_api, seed_api
 
     metrics = Metrics()
-    registry = ModelRegistry(loader, on_failure=on_load_failure, on_restart=metrics.observe_restart)
-    state = ServerState(registry=registry, metrics=metrics, stream_interval_s=stream_interval_s)
+    registry = ModelRegistry(loader, models_dir=settings.models_dir, keep_alive_s=settings.keep_alive_s,
+                             max_loaded=settings.max_loaded, on_failure=on_load_failure,
+                             on_restart=metrics.observe_restart)
+    state = ServerState(registry=registry, metrics=metrics, stream_interval_s=settings.stream_interval_s,
+                        context_overflow=settings.context_overflow)
     state.metrics.bind_models(lambda: registry.all() if registry.state == "ready" else [])
 
     @contextlib.asynccontextmanager
@@ -68,7 +68,6 @@ def create_app(loader: Callable[[], list[ServedModel]], *, api_key: str | None =
         try:
             yield
         finally:
-            registry.wait_loaded(timeout=0)
             registry.close()
 
     # The OpenAPI schema is served behind the API key like every API route (the fuzz test reads it).
@@ -76,12 +75,19 @@ def create_app(loader: Callable[[], list[ServedModel]], *, api_key: str | None =
                   openapi_url="/openapi.json")
     app.state.lcpp = state
     install_error_handlers(app)
-    for module in (openai_api, seed_api, misc_api, lora_api):
-        app.include_router(module.router)
-    front = FrontDoor(app, api_key=api_key, max_body_bytes=max_body_bytes, metrics=state.metrics)
-    front.state = state  # for tests and callers that hold the wrapper
-    front.registry = registry
-    return front
+    routers = [module.router for module in (openai_api, seed_api, misc_api, lora_api, ollama_api)]
+    for router in routers:
+        app.include_router(router)
+    # The routes /metrics counts by name: the app's own (/openapi.json) and every router's.
+    routes = [*app.routes, *(route for router in routers for route in router.routes)]
+    # LeaseReleaser: the models a request held are released once its response has been sent.
+    front = FrontDoor(LeaseReleaser(app), api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
+                      metrics=state.metrics, routes=routes)
+    # CORS outside the key check: a preflight carries no key, the request that follows does.
+    outer = with_cors(front, settings.cors_origins)
+    outer.state = state  # for tests and callers that hold the wrapper
+    outer.registry = registry
+    return outer
 
 
 def _check_port(host: str, port: int) -> None:
@@ -110,7 +116,7 @@ def _graceful_server(config: Any, grace_s: float, on_grace_over: Callable[[], No
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
             if self.timer is None:
-                logger.warning("shutting down: no new requests; %g s for those in flight", grace_s)
+                status(logger, "shutting down: no new requests; %g s for those in flight", grace_s)
                 self.timer = threading.Timer(grace_s, on_grace_over)
                 self.timer.daemon = True
                 self.timer.start()
@@ -133,12 +139,10 @@ def _quiet_exit_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_server(loader: Callable[[], list[ServedModel]], *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-               api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
-               shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> None:
+def run_server(loader: ModelSource | Callable[[], list[ServedModel]],
+               settings: ServerSettings = DEFAULT_SETTINGS) -> None:
     """Serve until SIGTERM or Ctrl-C, then stop accepting, let the requests in flight finish (at most
-    `shutdown_timeout_s`), end the runners and return; raises the loading error if loading failed."""
+    `settings.shutdown_timeout_s`), end the runners and return; raises the loading error if loading failed."""
     import uvicorn
 
     failure: list[BaseException] = []
@@ -149,24 +153,30 @@ def run_server(loader: Callable[[], list[ServedModel]], *, host: str = DEFAULT_H
         if server_box:
             server_box[0].should_exit = True
 
+    host, port, grace_s = settings.host, settings.port, settings.shutdown_timeout_s
     _check_port(host, port)
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         logger.warning("listening on %s without --api-key: anyone who can reach this machine can use the models", host)
-    app = create_app(loader, api_key=api_key, max_body_bytes=max_body_bytes, stream_interval_s=stream_interval_s,
-                     on_load_failure=on_failure)
+
+    def load() -> list[ServedModel]:
+        models = loader()
+        status(logger, "ready: %s on http://%s:%d", ", ".join(m.alias for m in models), host, port)
+        return models
+
+    app = create_app(loader if isinstance(loader, ModelSource) else load, settings, on_load_failure=on_failure)
     # uvicorn's own limit comes a little later than ours: at ours the streams still open are ended with an
     # error event and [DONE], so that no client sees a connection cut in the middle of a chunk.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=shutdown_timeout_s + 5, lifespan="on")
+                            timeout_graceful_shutdown=grace_s + 5, lifespan="on")
     registry = app.registry
 
     def grace_over() -> None:
-        logger.warning("shutdown: %g s are up; ending the requests still running", shutdown_timeout_s)
+        logger.warning("shutdown: %g s are up; ending the requests still running", grace_s)
         registry.interrupt_all("the server is shutting down")
 
-    server = _graceful_server(config, shutdown_timeout_s, grace_over)
+    server = _graceful_server(config, grace_s, grace_over)
     server_box.append(server)
-    logger.warning("lcpp-zh serving on http://%s:%d (loading models)", host, port)
+    status(logger, "lcpp-zh serving on http://%s:%d (loading models)", host, port)
     try:
         with _quiet_exit_signals():
             server.run()

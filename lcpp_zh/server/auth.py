@@ -10,10 +10,10 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from lcpp_zh.server.httperrors import error_body
+from lcpp_zh.server.httperrors import error_body_for
 from lcpp_zh.server.metrics import Metrics
 from lcpp_zh.server.page_files import is_page_path
 
@@ -26,11 +26,23 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/health"})
-PAGE_PATHS = frozenset({"/", "/index.html", "/favicon.ico"})
-# Routes counted by name in /metrics; anything else is "other" so scanners cannot grow the label set.
-KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings", "/generate",
-                          "/health", "/metrics", "/tokenize", "/detokenize", "/v1/templates", "/v1/lora",
-                          "/openapi.json"}) | PAGE_PATHS
+
+
+class RouteLabels:
+    """The /metrics label of a request path: the route serving it (its template, e.g. /static/{name:path},
+    for a route with parameters), else "other", so scanners cannot grow the label set. Built from the app's
+    routes when the app is made (create_app), so a new route is counted without being listed here."""
+
+    def __init__(self, routes: Iterable[Any]) -> None:
+        # Routes with a path (not the router includes, which recent FastAPI keeps as entries of their own).
+        routes = [r for r in routes if hasattr(r, "path_regex")]
+        self.exact = frozenset(r.path for r in routes if not r.param_convertors)
+        self.templated = [(r.path_regex, r.path) for r in routes if r.param_convertors]
+
+    def __call__(self, path: str) -> str:
+        if path in self.exact:
+            return path
+        return next((template for regex, template in self.templated if regex.match(path)), "other")
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -54,18 +66,20 @@ def _bearer(scope: Scope) -> str | None:
 class FrontDoor:
     """API key check, body size limit and per-route counters around the FastAPI app."""
 
-    def __init__(self, app: App, *, api_key: str | None, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, app: App, *, api_key: str | None, max_body_bytes: int, metrics: Metrics,
+                 routes: Iterable[Any] = ()) -> None:
         self.app = app
         self.api_key = api_key or None
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.route_label = RouteLabels(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        route = path if path in KNOWN_ROUTES else "/static/*" if path.startswith("/static/") else "other"
+        route = self.route_label(path)
         status_seen = 0
 
         async def counting_send(message: Message) -> None:
@@ -86,23 +100,23 @@ class FrontDoor:
                 and scope.get("method") != "OPTIONS"):
             given = _bearer(scope)
             if given is None or not hmac.compare_digest(given.encode(), self.api_key.encode()):
-                await _send_json(send, 401, error_body(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
-                                                       code="invalid_api_key"),
+                await _send_json(send, 401, error_body_for(path, 401, "missing or wrong API key: send "
+                                                           "'Authorization: Bearer KEY'", code="invalid_api_key"),
                                  [(b"www-authenticate", b"Bearer")])
                 return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await self._too_large(send)
+            await self._too_large(send, path)
             return
         body, more = await _read_body(receive, self.max_body_bytes)
         if more:
-            await self._too_large(send)
+            await self._too_large(send, path)
             return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _too_large(self, send: Send) -> None:
-        await _send_json(send, 413, error_body(413, f"request body is larger than {self.max_body_bytes} bytes",
-                                               code="body_too_large"))
+    async def _too_large(self, send: Send, path: str) -> None:
+        await _send_json(send, 413, error_body_for(path, 413, f"request body is larger than {self.max_body_bytes} "
+                                                   "bytes", code="body_too_large"))
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -51,8 +51,20 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 
 def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+                   headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
+    return JSONResponse(error_body_for(path, status, message, param, code), status_code=status, headers=headers)
+
+
+# Ollama's native API answers errors as {"error": "message"}; its clients read that field as the message.
+OLLAMA_PREFIX = "/api/"
+
+
+def error_body_for(path: str, status: int, message: str, param: str | None = None,
+                   code: str | None = None) -> dict[str, Any]:
+    """The error body in the shape the route's clients expect: Ollama's under /api/, OpenAI's elsewhere."""
+    if path.startswith(OLLAMA_PREFIX):
+        return {"error": message}
+    return error_body(status, message, param, code)
 
 
 def engine_error(exc: EngineError, retry_after_s: int = 1) -> ApiError:
@@ -79,33 +91,35 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer every error in OpenAI's shape."""
+    """Answer every error in OpenAI's shape (Ollama's under /api/)."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, param=exc.param, code=exc.code, headers=exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, param=exc.param, code=exc.code, headers=exc.headers,
+                              path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
         # 400 like OpenAI for every invalid body (FastAPI's default is 422), so clients map it alike.
-        return error_response(400, message, param=param)
+        return error_response(400, message, param=param, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None),
+                              path=request.url.path)
 
     @app.exception_handler(LcppError)
-    async def _lcpp(_request: Request, exc: LcppError) -> JSONResponse:
+    async def _lcpp(request: Request, exc: LcppError) -> JSONResponse:
         if isinstance(exc, EngineError):
             err = engine_error(exc)
-            return error_response(err.status, err.message, code=err.code, headers=err.headers)
-        return error_response(400, str(exc))
+            return error_response(err.status, err.message, code=err.code, headers=err.headers, path=request.url.path)
+        return error_response(400, str(exc), path=request.url.path)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error: %s", exc)
-        return error_response(500, f"internal error: {type(exc).__name__}")
+        return error_response(500, f"internal error: {type(exc).__name__}", path=request.url.path)
 
 
 def sse_error(status: int, message: str) -> bytes:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Request
 
 from lcpp_zh.errors import LcppError
 from lcpp_zh.server.httperrors import ApiError
+from lcpp_zh.server.leases import hold_model
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -37,7 +38,7 @@ def read_entries(body: Any, model: str | None) -> tuple[list[Any], str | None]:
 @router.get("/v1/lora")
 async def lora_list(request: Request, model: str | None = None) -> list[dict[str, Any]]:
     """[{"id", "name", "path", "scale", "alpha"}] for the model; [] when it has no adapters."""
-    served = request.app.state.lcpp.registry.get(model)
+    served = await hold_model(request, model)
     return served.engine.lora_adapters()
 
 
@@ -45,7 +46,7 @@ async def lora_list(request: Request, model: str | None = None) -> list[dict[str
 async def lora_set(request: Request, body: Annotated[Any, Body()], model: str | None = None) -> dict[str, Any]:
     """Set the scales; every entry is checked before any scale changes, so a bad one changes nothing."""
     entries, alias = read_entries(body, model)
-    served = request.app.state.lcpp.registry.get(alias)
+    served = await hold_model(request, alias)
     try:
         # Waits for the current decoding step to end: off the event loop.
         adapters = await asyncio.to_thread(served.engine.set_lora_scales, entries)

@@ -19,18 +19,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from lcpp_zh.errors import EngineError
+from lcpp_zh.server import overflow, tools
 from lcpp_zh.server.httperrors import ApiError, engine_error
+from lcpp_zh.server.leases import hold_model
+from lcpp_zh.server.overflow import truncate_chat
 from lcpp_zh.server.params import build_sampling
-from lcpp_zh.server.prompting import chat_prompt, text_prompt
-from lcpp_zh.server.registry import ServedModel
+from lcpp_zh.server.prompting import chat_prompt, template_source, text_prompt
+from lcpp_zh.server.registry import ModelEntry, ServedModel
 from lcpp_zh.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields
 from lcpp_zh.server.streaming import EngineStreamResponse, collect, openai_reason, sse_events
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-# OpenAI's "developer" role is the newer name of "system"; tool calls are not supported.
-_ROLE_MAP = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 def submit(request: Request, model: ServedModel, tokens: list[int], params: Any) -> Any:
@@ -41,39 +42,52 @@ def submit(request: Request, model: ServedModel, tokens: list[int], params: Any)
         raise engine_error(exc, request.app.state.lcpp.retry_after_s) from exc
 
 
-def _chat_messages(body: ChatRequest) -> list[dict[str, str]]:
-    messages = []
-    for i, message in enumerate(body.messages):
-        if message.role not in _ROLE_MAP:
-            raise ApiError(400, f"messages[{i}]: role {message.role!r} is not supported", param=f"messages.{i}.role")
-        try:
-            messages.append({"role": _ROLE_MAP[message.role], "content": message.text()})
-        except ValueError as exc:
-            raise ApiError(400, f"messages[{i}]: {exc}", param=f"messages.{i}.content") from exc
-    return messages
+def _chat_turn(model: ServedModel, body: ChatRequest, overflow: str = "error"
+               ) -> tuple[tools.ToolPlan | None, list[int], list[str], int]:
+    """The tool plan (lcpp_zh.server.tools), prompt tokens, stop strings and messages dropped (--context-overflow
+    truncate-middle) of a chat request. Blocking (rendering, tokenizing, compiling a tool grammar): run it off
+    the event loop."""
+    plan = tools.plan_tools(body, template_source(model, body.template), model.engine) if body.tools else None
+    messages = tools.chat_messages(body.messages, plan)
+    tools.check_control_texts(plan, messages, model.engine)
+    jinja_tools = plan.jinja_tools() if plan else None
+    tokens, stops = chat_prompt(model, messages, body.template, jinja_tools)
+    dropped = 0
+    if overflow == "truncate-middle":
+        tokens, stops, dropped = truncate_chat(model, body, messages, jinja_tools, tokens, stops)
+    return plan, tokens, stops, dropped
 
 
 async def _prepare(request: Request, body: SamplingFields, tokens: list[int], stops: list[str],
-                   model: ServedModel) -> Any:
+                   model: ServedModel, plan: tools.ToolPlan | None = None) -> Any:
     build = functools.partial(build_sampling, body, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot,
                               extra_stops=stops, engine=model.engine)
     # Compiling a grammar (to check it) can take a while: not on the event loop.
     with_grammar = body.grammar or (body.response_format is not None and body.response_format.type != "text")
     params = await asyncio.to_thread(build) if with_grammar else build()
+    if plan is not None and plan.grammar:  # checked and trial-compiled by plan_tools
+        params = params.replace(grammar=plan.grammar, grammar_triggers=plan.triggers)
     return submit(request, model, tokens, params)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request) -> Any:
     state = request.app.state.lcpp
-    model = state.registry.get(body.model)
-    tokens, stops = await asyncio.to_thread(chat_prompt, model, _chat_messages(body), body.template)
-    stream = await _prepare(request, body, tokens, stops, model)
+    model = await hold_model(request, body.model)
+    plan, tokens, stops, dropped = await asyncio.to_thread(_chat_turn, model, body, state.context_overflow)
+    stream = await _prepare(request, body, tokens, stops, model, plan)
+    said = {overflow.HEADER: str(dropped)} if dropped else {}
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": ident, "created": created, "model": model.alias}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         extra = {"usage": None} if include_usage else {}
+        parser = tools.stream_parser(plan)
+        if parser is not None:
+            events = tools.tool_sse_events(stream, state.metrics, model.alias, parser, include_usage=include_usage,
+                                           chunk_base={**base, "object": "chat.completion.chunk", **extra},
+                                           min_interval_s=state.stream_interval_s)
+            return _with_headers(EngineStreamResponse(events, stream), said)
 
         def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
             delta = {"content": text} if text is not None else {}
@@ -86,18 +100,24 @@ async def chat_completions(body: ChatRequest, request: Request) -> Any:
         usage = (lambda u: {**base, "object": "chat.completion.chunk", "choices": [], "usage": u}) if include_usage else None
         events = sse_events(stream, state.metrics, model.alias, chunk=chunk, usage_chunk=usage, first=first,
                             min_interval_s=state.stream_interval_s)
-        return EngineStreamResponse(events, stream)
+        return _with_headers(EngineStreamResponse(events, stream), said)
     outcome = await collect(stream, request, state.metrics, model.alias)
+    message, finish = tools.reply_message(plan, outcome.text, openai_reason(outcome.reason))
+    usage = {**outcome.usage(), **({"truncated_messages": dropped} if dropped else {})}
     return JSONResponse({**base, "object": "chat.completion",
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": outcome.text},
-                                      "logprobs": None, "finish_reason": openai_reason(outcome.reason)}],
-                         "usage": outcome.usage()})
+                         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                         "usage": usage}, headers=said)
+
+
+def _with_headers(response: Any, headers: dict[str, str]) -> Any:
+    response.headers.update(headers)
+    return response
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Any:
     state = request.app.state.lcpp
-    model = state.registry.get(body.model)
+    model = await hold_model(request, body.model)
     tokens = await asyncio.to_thread(text_prompt, model, body.prompt)
     stream = await _prepare(request, body, tokens, [], model)
     ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -124,12 +144,21 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    registry = request.app.state.lcpp.registry
-    registry.get(None)  # 503 while loading
-    data = [{"id": m.alias, "object": "model", "created": m.created, "owned_by": "lcpp-zh",
-             "template": m.template_name, "n_ctx_slot": m.engine.n_ctx_slot, **m.runner_state()}
-            for m in registry.all()]
-    return {"object": "list", "data": data}
+    """Every model this server can serve; `status` says which are loaded (the others load on first use)."""
+    return {"object": "list", "data": [_model_card(e) for e in request.app.state.lcpp.registry.entries()]}
+
+
+def _model_card(entry: ModelEntry) -> dict[str, Any]:
+    card = {"id": entry.alias, "object": "model", "owned_by": "lcpp-zh", "template": entry.template_name,
+            "status": entry.status, "size_bytes": entry.size_bytes, "expires_at": entry.expires_at}
+    m = entry.model
+    if m is not None:
+        card.update(created=m.created, n_ctx_slot=m.engine.n_ctx_slot, **m.runner_state())
+    else:
+        card["created"] = int(entry.path.stat().st_mtime) if entry.path and entry.path.exists() else 0
+    if entry.error:
+        card["error"] = entry.error
+    return card
 
 
 def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
@@ -139,10 +168,9 @@ def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
     return [float(x) for x in vector]
 
 
-@router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
-    model = request.app.state.lcpp.registry.get(body.model)
-    texts = body.texts()
+async def embed_texts(model: ServedModel, texts: list[str]) -> tuple[list[list[float]], list[int]]:
+    """(vectors, token counts) for /v1/embeddings and Ollama's /api/embed: 400 for an empty or too long
+    input, or when the model serves no embeddings."""
     if any(not text for text in texts):
         raise ApiError(400, "input contains an empty string", param="input")
     counts = await asyncio.to_thread(lambda: [len(model.engine.tokenize(t, add_bos=True, special=False))
@@ -156,6 +184,13 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
         vectors = await asyncio.to_thread(model.engine.embed, texts)
     except EngineError as exc:
         raise ApiError(400, f"embeddings are not available for {model.alias}: {exc}", param="model") from exc
+    return vectors, counts
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+    model = await hold_model(request, body.model)
+    vectors, counts = await embed_texts(model, body.texts())
     data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)]
     total = sum(counts)

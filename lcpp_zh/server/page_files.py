@@ -29,6 +29,25 @@ MEDIA_TYPES = {
 }
 
 
+# The page's Content-Security-Policy: it runs only its own scripts (no inline script, no eval) and talks only
+# to this server. style-src keeps 'unsafe-inline' because KaTeX writes its layout into style attributes
+# (heights, margins of fractions and roots) in the HTML it renders; style-src-elem still refuses <style> elements
+# in browsers that know it. Avatars are data: URLs (pictures picked on the device pass through a blob: URL).
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self' 'unsafe-inline'",
+    "style-src-elem 'self'",
+    "img-src 'self' data: blob:",
+    "font-src 'self'",
+    "connect-src 'self'",
+    "manifest-src 'self'",
+    "form-action 'self'",
+    "base-uri 'none'",
+    "frame-ancestors 'none'",
+])
+
+
 @dataclass(frozen=True)
 class PageFile:
     body: bytes
@@ -67,6 +86,8 @@ def page_response(file: PageFile, if_none_match: str | None) -> Response:
     """The file, or 304 when the browser's copy is current. no-cache makes the browser ask each time, so an
     upgraded lcpp-zh serves its new page at once; the 304s keep that cheap."""
     headers = {"Cache-Control": "no-cache", "ETag": file.etag}
+    if file.media_type.startswith("text/html"):
+        headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     if if_none_match and file.etag in (tag.strip() for tag in if_none_match.split(",")):
         return Response(status_code=304, headers=headers)
     return Response(file.body, media_type=file.media_type, headers=headers)

@@ -27,8 +27,9 @@ def check_prompt_fits(n_prompt: int, n_ctx_slot: int) -> None:
     if n_prompt == 0:
         raise ApiError(400, "prompt is empty", param="prompt", code="empty_prompt")
     if n_prompt >= n_ctx_slot:
-        raise ApiError(400, f"prompt is too long: {n_prompt} tokens, but the context of a slot holds {n_ctx_slot}; "
-                            "shorten it or serve with a larger --ctx (or fewer --parallel slots)",
+        raise ApiError(400, f"prompt is too long: {n_prompt} tokens, but one request holds at most {n_ctx_slot} "
+                            "(the context the slots share, up to the model's training context); shorten it or serve "
+                            "with a larger --ctx",
                        param="messages", code="context_length_exceeded")
 
 

@@ -18,6 +18,16 @@ from lcpp_zh.server.registry import ServedModel
 logger = logging.getLogger(__name__)
 
 
+def template_source(model: ServedModel, template: str | None) -> str:
+    """The Jinja source of the template a chat request renders with (tool formats are told by it)."""
+    from lcpp_zh import templates
+
+    try:
+        return templates.template_for_engine(model.engine, template or model.template).source
+    except TemplateError as exc:
+        raise ApiError(400, str(exc), param="template") from exc
+
+
 def template_names() -> list[str]:
     """Names a request may pick as `template` (the web page's picker)."""
     from lcpp_zh import templates
@@ -25,13 +35,15 @@ def template_names() -> list[str]:
     return list(templates.template_names())
 
 
-def chat_prompt(model: ServedModel, messages: list[dict[str, str]], template: str | None) -> tuple[list[int], list[str]]:
-    """Prompt tokens and extra stop strings for a conversation, rendered with the model's (or the given) template."""
+def chat_prompt(model: ServedModel, messages: list[dict[str, Any]], template: str | None,
+                tools: list[dict[str, Any]] | None = None) -> tuple[list[int], list[str]]:
+    """Prompt tokens and extra stop strings for a conversation, rendered with the model's (or the given)
+    template; `tools` go to a template that knows them (lcpp_zh.server.tools decides)."""
     from lcpp_zh import templates
 
     name = template or model.template
     try:
-        rendered = templates.render_chat(model.engine, messages, name, add_generation_prompt=True)
+        rendered = templates.render_chat(model.engine, messages, name, add_generation_prompt=True, tools=tools)
     except TemplateError as exc:
         raise ApiError(400, str(exc), param="template" if template else "messages") from exc
     return list(rendered.tokens), list(rendered.stops)

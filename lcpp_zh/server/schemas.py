@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lcpp_zh.errors import EngineError
+from lcpp_zh.runtime.grammar import check_grammar_size
+
 logger = logging.getLogger(__name__)
 
 # Every list and string a client sends is bounded, so no request can make the server do unbounded work
@@ -25,7 +28,6 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_MESSAGES = 1024
 MAX_TEXT_CHARS = 1_000_000
 MAX_DETOKENIZE_TOKENS = 200_000
-MAX_GRAMMAR_CHARS = 100_000
 
 
 class _Lenient(BaseModel):
@@ -71,9 +73,21 @@ class SamplingFields(_Lenient):
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
     # Extension (llama-server and llama-cpp-python accept it too): a raw GBNF grammar.
-    grammar: str | None = Field(default=None, max_length=MAX_GRAMMAR_CHARS)
+    grammar: str | None = None
     # Extension for the web page: a chat template other than the model's (name from lcpp_zh.templates).
     template: str | None = None
+
+    @field_validator("grammar")
+    @classmethod
+    def _check_grammar(cls, value: str | None) -> str | None:
+        # Only the size here, before anything else is done with the body; the grammar itself is checked
+        # and compiled by lcpp_zh.server.params.
+        if value is not None:
+            try:
+                check_grammar_size(value)
+            except EngineError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -105,9 +119,43 @@ class SamplingFields(_Lenient):
         return value
 
 
+# OpenAI's limits for tools: at most 128 functions, names of letters, digits, `_` and `-` up to 64 characters
+# (`.` too: MCP tools use it). A name is written into prompts and grammars, so nothing else may be in it.
+MAX_TOOLS = 128
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+MAX_TOOL_CALL_ID_CHARS = 128
+
+
+class FunctionDef(_Lenient):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str | None = Field(default=None, max_length=MAX_STOP_CHARS * 64)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(_Lenient):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class ToolCallFunction(_Lenient):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    arguments: str | dict[str, Any] = "{}"  # a JSON text as OpenAI sends it; some clients send the object
+
+
+class ToolCall(_Lenient):
+    id: str | None = Field(default=None, max_length=MAX_TOOL_CALL_ID_CHARS)
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(_Lenient):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    # An assistant turn that called tools, and a tool's result answering one of those calls.
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, max_length=MAX_TOOL_CALL_ID_CHARS)
+    name: str | None = Field(default=None, max_length=64)
 
     def text(self) -> str:
         """The message text; content parts of type text are joined (other parts are not supported)."""
@@ -123,6 +171,10 @@ class ChatMessage(_Lenient):
 
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    # Tool calling (lcpp_zh.server.tools): functions the model may call, and whether it must.
+    tools: list[ToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(SamplingFields):

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from lcpp_zh.server.httperrors import ApiError
+from lcpp_zh.server.leases import hold_model
 from lcpp_zh.server.openai_api import submit
 from lcpp_zh.server.params import build_sampling
 from lcpp_zh.server.prompting import chat_prompt
@@ -46,7 +47,7 @@ def seed_messages(body: SeedGenerateRequest) -> list[dict[str, str]]:
 @router.post("/generate")
 async def generate(body: SeedGenerateRequest, request: Request) -> dict[str, Any]:
     state = request.app.state.lcpp
-    model = state.registry.get(body.model)
+    model = await hold_model(request, body.model)
     tokens, stops = await asyncio.to_thread(chat_prompt, model, seed_messages(body), None)
     fields = SamplingFields(max_tokens=body.max_new_tokens, top_p=body.top_p, temperature=body.temperature)
     params = build_sampling(fields, n_prompt=len(tokens), n_ctx_slot=model.engine.n_ctx_slot, extra_stops=stops,

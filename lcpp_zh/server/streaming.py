@@ -37,6 +37,7 @@ class Outcome:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    finished: Finished | None = None  # the engine's last event: timings, generated token ids
 
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -75,7 +76,7 @@ async def _consume(stream: Any, metrics: Metrics, alias: str) -> Outcome:
         end = events[-1]
         if is_finished(end):
             return Outcome("".join(parts), end.reason, end.prompt_tokens, end.completion_tokens,
-                           getattr(end, "error", None))
+                           getattr(end, "error", None), end)
     raise ApiError(500, "engine stream ended without a finish event")
 
 
@@ -147,8 +148,8 @@ class EngineStreamResponse(StreamingResponse):
     the response itself cancels the stream too (cancelling a finished stream does nothing).
     """
 
-    def __init__(self, events: AsyncIterator[bytes], stream: Any) -> None:
-        super().__init__(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    def __init__(self, events: AsyncIterator[bytes], stream: Any, media_type: str = "text/event-stream") -> None:
+        super().__init__(events, media_type=media_type, headers=SSE_HEADERS)
         self._engine_stream = stream
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

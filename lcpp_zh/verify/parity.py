@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lcpp_zh.convert.llama_log import route_llama_logs
+from lcpp_zh.common.llama_log import route_llama_logs
 from lcpp_zh.errors import ModelError
 from lcpp_zh.verify.corpus import builtin_corpus
 

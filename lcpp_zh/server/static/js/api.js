@@ -24,8 +24,8 @@ async function failure(response) {
   let message = response.statusText;
   try {
     const body = await response.json();
-    message = (body.error && body.error.message) || body.status || message;
-  } catch (err) { /* not JSON: keep the status text */ }
+    message = body.error?.message || body.status || message;
+  } catch { /* not JSON: keep the status text */ }
   return new HttpError(response.status, message);
 }
 
@@ -54,10 +54,9 @@ export async function stream(path, body, signal, onChoice) {
     const { value, done } = await reader.read();
     if (done) return result;
     buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
+    const events = buffer.split("\n\n");
+    buffer = events.pop();  // the last event is not complete yet
+    for (const event of events) {
       for (const line of event.split("\n")) {
         if (!line.startsWith("data: ")) continue;
         const data = line.slice(6);
@@ -65,7 +64,7 @@ export async function stream(path, body, signal, onChoice) {
         const chunk = JSON.parse(data);
         if (chunk.error) throw new Error(chunk.error.message);
         if (chunk.usage) result.usage = chunk.usage;
-        const choice = chunk.choices && chunk.choices[0];
+        const choice = chunk.choices?.[0];
         if (!choice) continue;
         if (choice.finish_reason) result.finish = choice.finish_reason;
         onChoice(choice);
@@ -82,7 +81,7 @@ export class Timer {
     const end = performance.now();
     const stats = { seconds: (end - this.start) / 1000, stopped: Boolean(stopped) };
     if (this.first !== null) stats.ttft = (this.first - this.start) / 1000;
-    const usage = result && result.usage;
+    const usage = result?.usage;
     if (usage) {
       stats.prompt_tokens = usage.prompt_tokens;
       stats.completion_tokens = usage.completion_tokens;
@@ -90,7 +89,7 @@ export class Timer {
       const span = this.first !== null ? (end - this.first) / 1000 : stats.seconds;
       if (usage.completion_tokens > 1 && span > 0) stats.tps = (usage.completion_tokens - 1) / span;
     }
-    if (result && result.finish) stats.finish = result.finish;
+    if (result?.finish) stats.finish = result.finish;
     return stats;
   }
 }

@@ -2,19 +2,17 @@
 // and the actions under each message (copy, edit and resend, regenerate with kept versions, delete),
 // with the answer's token counts and speed beneath it.
 
-import { stream, Timer } from "./api.js";
+import { Timer } from "./api.js";
+import { busy, generate, stopGeneration } from "./generation.js";
 import { t } from "./i18n.js";
 import { LiveMarkdown } from "./markdown.js";
 import { characterById, characterName, avatarElement, chatTemplate, greetingOf, personaOf,
          samplingBody, currentCharacterId } from "./settings.js";
-import { activeChat, createChat, newId, saveNow, saveSoon, state, touch } from "./store.js";
-import { $, autoGrow, copyText, flash, iconButton, setStatus } from "./ui.js";
+import { activeChat, createChat, newId, saveNow, saveSoon, touch } from "./store.js";
+import { $, autoGrow, copyText, flash, iconButton } from "./ui.js";
 
-let running = null;  // {controller, chat, message} while an answer streams
 const live = new Map();  // message id -> LiveMarkdown of its element on screen
 let onChatsChanged = () => {};
-
-export function isRunning() { return running !== null; }
 
 // ---- drawing ----
 export function renderChat() {
@@ -22,7 +20,7 @@ export function renderChat() {
   box.textContent = "";
   live.clear();
   const chat = activeChat();
-  if (!chat || !chat.messages.length) {
+  if (!chat?.messages.length) {
     box.appendChild(Object.assign(document.createElement("p"), { className: "empty", textContent: t("emptyChat") }));
     return;
   }
@@ -107,7 +105,7 @@ function nearBottom(box) { return box.scrollHeight - box.scrollTop - box.clientH
 
 // ---- actions ----
 function showVersion(chat, message, step) {
-  if (running) return;
+  if (busy()) return;
   message.v = (message.v + step + message.versions.length) % message.versions.length;
   ({ content: message.content, stats: message.stats } = message.versions[message.v]);
   touch(chat);
@@ -115,7 +113,7 @@ function showVersion(chat, message, step) {
 }
 
 function editMessage(chat, message) {
-  if (running) return;
+  if (busy()) return;
   const el = elementOf(message);
   const content = el.querySelector(".content");
   const area = Object.assign(document.createElement("textarea"), { className: "edit-box", value: message.content });
@@ -126,7 +124,7 @@ function editMessage(chat, message) {
   cancel.addEventListener("click", renderChat);
   save.addEventListener("click", () => {
     const text = area.value.trim();
-    if (!text) return;
+    if (!text || busy()) return;
     message.content = text;
     if (message.versions) message.versions[message.v].content = text;
     if (message.role === "user") {
@@ -146,7 +144,7 @@ function editMessage(chat, message) {
 }
 
 function regenerate(chat, message) {
-  if (running) return;
+  if (busy()) return;
   const index = chat.messages.indexOf(message);
   chat.messages.splice(index + 1);
   if (!message.versions) {
@@ -161,7 +159,7 @@ function regenerate(chat, message) {
 }
 
 function deleteMessage(chat, message) {
-  if (running) return;
+  if (busy()) return;
   chat.messages.splice(chat.messages.indexOf(message), 1);
   touch(chat);
   renderChat();
@@ -186,7 +184,7 @@ export function startChat() {
 }
 
 export function send(text) {
-  if (running || !text.trim()) return false;
+  if (busy() || !text.trim()) return false;
   const chat = activeChat() || startChat();
   chat.messages.push({ id: newId(), role: "user", content: text.trim() });
   answer(chat, newAnswer(chat));
@@ -203,20 +201,10 @@ function requestMessages(chat, upTo) {
   return messages;
 }
 
-function setRunning(on) {
-  $("send").hidden = on;
-  $("stop").hidden = !on;
-  for (const id of ["default-generate", "default-continue", "notebook-generate"]) $(id).disabled = on;
-}
-
 async function answer(chat, message) {
   touch(chat);
   renderChat();
   onChatsChanged();
-  const controller = new AbortController();
-  running = { controller, chat, message };
-  setRunning(true);
-  setStatus("generating", {}, "busy");
   delete message.error;
   let el = elementOf(message);
   if (el) el.classList.add("streaming");
@@ -224,7 +212,7 @@ async function answer(chat, message) {
   let frame = null;
   const draw = () => {
     frame = null;
-    if (!el || !el.isConnected) el = elementOf(message);  // the chat was switched away and back
+    if (!el?.isConnected) el = elementOf(message);  // the chat was switched away and back
     if (!el) return;
     const box = $("messages");
     const follow = nearBottom(box);
@@ -232,42 +220,28 @@ async function answer(chat, message) {
     fillMessage(el, message);
     if (follow) box.scrollTop = box.scrollHeight;
   };
-  let result = null;
-  let stopped = false;
-  try {
-    const body = { ...samplingBody(), template: chatTemplate(), messages: requestMessages(chat, message),
-                   stream: true, stream_options: { include_usage: true } };
-    result = await stream("/v1/chat/completions", body, controller.signal, (choice) => {
-      const piece = choice.delta && choice.delta.content;
-      if (!piece) return;
-      timer.mark();
-      message.content += piece;
-      if (frame === null && activeChat() === chat) frame = requestAnimationFrame(draw);
-    });
-    setStatus(result.finish === "length" ? "doneLength" : "done", {}, "ok");
-  } catch (err) {
-    stopped = err.name === "AbortError";
-    setStatus(stopped ? "stopped" : "error", { msg: err.message }, stopped ? "" : "error");
-    if (!stopped) message.error = err.message;
-  } finally {
-    if (frame !== null) cancelAnimationFrame(frame);
-    message.stats = timer.stats(result, stopped);
-    if (message.versions) message.versions[message.v] = { content: message.content, stats: message.stats };
-    if (message.error) delete message.stats;
-    running = null;
-    setRunning(false);
-    touch(chat);
-    saveNow();
-    if (activeChat() === chat) {
-      draw();
-      const current = elementOf(message);
-      if (current) current.classList.remove("streaming");
-    }
-    onChatsChanged();
+  const makeBody = () => ({ ...samplingBody(), template: chatTemplate(), messages: requestMessages(chat, message),
+                            stream: true, stream_options: { include_usage: true } });
+  const outcome = await generate("chat", "/v1/chat/completions", makeBody, (choice) => {
+    const piece = choice.delta?.content;
+    if (!piece) return;
+    timer.mark();
+    message.content += piece;
+    if (frame === null && activeChat() === chat) frame = requestAnimationFrame(draw);
+  });
+  if (frame !== null) cancelAnimationFrame(frame);
+  if (outcome?.error) message.error = outcome.error;
+  else message.stats = timer.stats(outcome?.result, outcome?.stopped);
+  if (message.versions) message.versions[message.v] = { content: message.content, stats: message.stats };
+  touch(chat);
+  saveNow();
+  if (activeChat() === chat) {
+    draw();
+    const current = elementOf(message);
+    if (current) current.classList.remove("streaming");
   }
+  onChatsChanged();
 }
-
-export function stop() { if (running) running.controller.abort(); }
 
 export function initChat(chatsChanged) {
   onChatsChanged = chatsChanged;
@@ -284,11 +258,11 @@ export function initChat(chatsChanged) {
     // Enter while an input method is composing (Chinese pinyin) picks a candidate: never send then.
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
       e.preventDefault();
-      $("composer").requestSubmit();
+      if (!busy()) $("composer").requestSubmit();  // requestSubmit() would pass the disabled button by
     }
   });
   input.addEventListener("input", () => autoGrow(input));
-  $("stop").addEventListener("click", stop);
+  $("stop").addEventListener("click", stopGeneration);
   // Copy buttons of code blocks, rendered as HTML by the Markdown renderer.
   $("messages").addEventListener("click", async (e) => {
     const button = e.target.closest(".copy-code");

@@ -23,7 +23,7 @@ export function renderChatList() {
   const chats = state.chats.filter((c) => chatMatches(c, query));
   for (const chat of chats) {
     const item = document.createElement("li");
-    item.className = "chat-item" + (chat.id === state.activeId ? " active" : "");
+    item.className = `chat-item${chat.id === state.activeId ? " active" : ""}`;
     item.dataset.id = chat.id;
     const open = Object.assign(document.createElement("button"), { type: "button", className: "open" });
     open.appendChild(avatarElement(characterById(chat.characterId)));

@@ -1,7 +1,7 @@
 // The page's words in Chinese and English. The language follows the browser (navigator.languages) until
 // the user picks one with the 中/EN button; the choice is kept in localStorage. One language at a time.
 
-const STRINGS = {
+export const STRINGS = {
   zh: {
     chats: "对话列表", newChat: "新对话", close: "关闭", searchChats: "搜索对话…", export: "导出", import: "导入",
     modeChat: "聊天", modeDefault: "默认", modeNotebook: "笔记本", language: "切换语言 / Language",
@@ -25,7 +25,10 @@ const STRINGS = {
     stateFailed: "失败", ctx: "上下文 {n}", restarts: "已重启 {n} 次", imported: "已导入 {n} 个对话", importFailed: "导入失败：{msg}",
     storageFull: "浏览器存储已满：请导出并删除旧对话", loraApplied: "LoRA 比例已应用",
     noMatches: "没有匹配的对话", previous: "上一版", next: "下一版", emptyChat: "开始新的对话吧。",
-    builtin: "内置", mine: "我的",
+    builtin: "内置", mine: "我的", preset: "采样预设", confirmDeletePreset: "删除预设“{name}”？",
+    stateAvailable: "未加载", availableHint: "第一次请求时加载", loadingModel: "正在加载模型 {name}…",
+    loraFailed: "无法读取 LoRA：{msg}", tooManyStops: "停止词最多 {n} 个", stopTooLong: "每个停止词最多 {n} 个字符",
+    grammarTooLarge: "语法最多 {n} 字节",
   },
   en: {
     chats: "Chats", newChat: "New chat", close: "Close", searchChats: "Search chats…", export: "Export",
@@ -52,7 +55,11 @@ const STRINGS = {
     ctx: "context {n}", restarts: "restarted {n}×", imported: "Imported {n} chats", importFailed: "Import failed: {msg}",
     storageFull: "Browser storage is full: export and delete old chats", loraApplied: "LoRA scales applied",
     noMatches: "No matching chats", previous: "Previous version", next: "Next version",
-    emptyChat: "Start a new conversation.", builtin: "Built in", mine: "Mine",
+    emptyChat: "Start a new conversation.", builtin: "Built in", mine: "Mine", preset: "Sampling preset",
+    confirmDeletePreset: "Delete the preset “{name}”?", stateAvailable: "not loaded",
+    availableHint: "loaded by the first request", loadingModel: "Loading model {name}…",
+    loraFailed: "Cannot read the LoRA adapters: {msg}", tooManyStops: "At most {n} stop strings",
+    stopTooLong: "A stop string may have at most {n} characters", grammarTooLarge: "A grammar may have at most {n} bytes",
   },
 };
 
@@ -66,7 +73,7 @@ export function t(key, vars = {}) {
 }
 
 function browserLang() {
-  const wanted = navigator.languages && navigator.languages.length ? navigator.languages : [navigator.language];
+  const wanted = navigator.languages?.length ? navigator.languages : [navigator.language];
   for (const tag of wanted) {
     const base = String(tag || "").toLowerCase().split("-")[0];
     if (base === "zh" || base === "en") return base;

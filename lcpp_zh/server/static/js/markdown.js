@@ -13,7 +13,7 @@ const escapeHtml = md.utils.escapeHtml;
 function renderMath(tex, display) {
   try {
     return katex.renderToString(tex, { displayMode: display, throwOnError: false, output: "htmlAndMathml" });
-  } catch (err) {  // KaTeX reports most errors inline; anything else shows the source
+  } catch {  // KaTeX reports most errors inline; anything else shows the source
     return `<code class="math-error">${escapeHtml(tex)}</code>`;
   }
 }
@@ -29,7 +29,7 @@ function highlight(code, lang) {
   if (lang && hljs.getLanguage(lang)) {
     try {
       return hljs.highlight(code, { language: lang, ignoreIllegals: true }).value;
-    } catch (err) { /* fall through to plain text */ }
+    } catch { /* fall through to plain text */ }
   }
   return escapeHtml(code);
 }
@@ -59,10 +59,6 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 
 function sanitize(html) {
   return DOMPurify.sanitize(html, { ADD_ATTR: ["target"], FORBID_TAGS: ["style", "form", "input"] });
-}
-
-export function renderMarkdown(source) {
-  return sanitize(md.render(source));
 }
 
 // Top-level blocks of `source`: [{key, tokens}], where key is the block's source lines.

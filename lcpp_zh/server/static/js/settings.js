@@ -10,10 +10,11 @@ import { $, ask, setStatus, toast } from "./ui.js";
 const FLOAT_FIELDS = ["temperature", "top_p", "min_p", "repeat_penalty"];
 const INT_FIELDS = ["top_k", "max_tokens", "seed"];
 const PRESET_FIELDS = ["temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens"];
-// seed: the seed project's chat defaults (lcpp_zh.runtime.sampling); precise: text-generation-webui's
-// LLaMA-Precise; creative: a hotter temperature held in by min_p.
+// seed: the server's own defaults (GET /v1/defaults, from lcpp_zh.runtime.sampling), filled in when they arrive;
+// precise: text-generation-webui's LLaMA-Precise; creative: a hotter temperature held in by min_p.
+const SEED_PRESET = { id: "seed", key: "presetSeed", values: {} };
 const BUILTIN_PRESETS = [
-  { id: "seed", key: "presetSeed", values: { temperature: 0.3, top_p: 0.95, top_k: 50, min_p: 0, repeat_penalty: 1.3, max_tokens: 512 } },
+  SEED_PRESET,
   { id: "precise", key: "presetPrecise", values: { temperature: 0.7, top_p: 0.1, top_k: 40, min_p: 0, repeat_penalty: 1.18, max_tokens: 512 } },
   { id: "creative", key: "presetCreative", values: { temperature: 1.0, top_p: 1, top_k: 0, min_p: 0.05, repeat_penalty: 1.1, max_tokens: 1024 } },
 ];
@@ -21,29 +22,59 @@ const BUILTIN_CHARACTER = { id: "assistant", builtin: true, avatar: "", persona:
 
 let models = [];
 let templateDefaults = {};
+let limits = null;  // the server's request limits (GET /v1/defaults), checked before anything is sent
 let retryTimer = null;
+let pollTimer = null;
 const listeners = { model: [], character: [] };
 export function on(event, listener) { listeners[event].push(listener); }
 function emit(event) { for (const listener of listeners[event]) listener(); }
 
 // ---- models and templates ----
-export function selectedModel() { return state.settings.model || (models[0] && models[0].id) || ""; }
+export function selectedModel() { return state.settings.model || models[0]?.id || ""; }
 
-function modelState(m) {
-  const raw = String(m.state || (m.status && m.status.value) || "ready").toLowerCase();
-  if (raw === "ready" || raw === "loaded") return "ready";
+// Where a model is on the server: "loaded", "loading", or "available" (the first request for it loads it).
+// A server that does not say serves loaded models only.
+export function modelStatus(id) {
+  const m = models.find((x) => x.id === id) || models[0];
+  return m?.status || "loaded";
+}
+
+// The badge of a model: its load status, and once loaded, its runner's state.
+function modelBadge(m) {
+  const status = m.status || "loaded";
+  if (status === "available" || status === "loading") return status;
+  const raw = String(m.state || "ready").toLowerCase();
   if (raw === "failed" || raw === "error") return "failed";
-  return raw === "restarting" ? "restarting" : "loading";
+  if (raw === "restarting" || raw === "loading") return raw;
+  return "ready";
+}
+
+// States that change by themselves: the list is refreshed every 10 s while a model is in one.
+const CHANGING = new Set(["loading", "restarting", "failed"]);
+function schedulePoll() {
+  clearTimeout(pollTimer);
+  if (models.some((m) => CHANGING.has(modelBadge(m)))) pollTimer = setTimeout(refreshModels, 10_000);
+}
+
+async function loadDefaults() {
+  const info = await getJson("/v1/defaults");
+  limits = info.limits || null;
+  for (const field of PRESET_FIELDS) SEED_PRESET.values[field] = info.sampling[field] ?? "";
+  // On a first visit (nothing saved yet) the fields show them.
+  if (!state.settings.sampling && state.settings.preset === SEED_PRESET.id) applyPreset(SEED_PRESET.id);
+  else renderPresets();
 }
 
 export async function loadModels() {
   clearTimeout(retryTimer);
+  clearTimeout(pollTimer);
   setStatus("connecting");
   try {
     models = (await getJson("/v1/models")).data;
     if (!models.some((m) => m.id === state.settings.model)) state.settings.model = models[0] ? models[0].id : "";
     renderModels();
-    if (models.some((m) => modelState(m) !== "ready")) pollTimer = setTimeout(refreshModels, 10_000);
+    schedulePoll();
+    await loadDefaults();
     const info = await getJson("/v1/templates");
     templateDefaults = info.models || {};
     const select = $("template");
@@ -63,9 +94,8 @@ export async function loadModels() {
   }
 }
 
-// The models' states change (a runner restarting, failing): refreshed quietly while the settings are seen,
-// and every 10 s while some model is not ready.
-let pollTimer = null;
+// The models' states change (loaded on demand, a runner restarting or failing): refreshed quietly while the
+// settings are seen, after a request that loaded a model, and every 10 s while a state is changing.
 export async function refreshModels() {
   clearTimeout(pollTimer);
   try {
@@ -74,8 +104,8 @@ export async function refreshModels() {
       models = fresh;
       renderModels();
     }
-  } catch (err) { /* the status line reports lasting failures; a missed refresh is retried below */ }
-  if (models.some((m) => modelState(m) !== "ready")) pollTimer = setTimeout(refreshModels, 10_000);
+  } catch { /* the status line reports lasting failures; a missed refresh is retried below */ }
+  schedulePoll();
 }
 
 function renderModels() {
@@ -94,10 +124,10 @@ function renderModels() {
       emit("model");
     });
     const name = Object.assign(document.createElement("span"), { className: "model-name", textContent: m.id });
-    const which = modelState(m);
+    const which = modelBadge(m);
     const badge = Object.assign(document.createElement("span"), { className: `state ${which}` });
     badge.textContent = t(`state${which[0].toUpperCase()}${which.slice(1)}`);
-    if (m.error) badge.title = m.error;
+    badge.title = m.error || (which === "available" ? t("availableHint") : "");
     const detail = document.createElement("small");
     detail.textContent = [m.n_ctx_slot ? t("ctx", { n: m.n_ctx_slot }) : "", m.template || "",
                           m.restarts ? t("restarts", { n: m.restarts }) : ""].filter(Boolean).join(" · ");
@@ -113,13 +143,18 @@ function renderTemplateDefault() {
 // ---- LoRA adapters (GET/POST /v1/lora); the section shows only when the model has some ----
 async function loadLora() {
   const section = $("lora-section");
-  let adapters = [];
+  const list = $("lora-list");
+  section.hidden = true;
+  list.textContent = "";
+  if (modelStatus(selectedModel()) !== "loaded") return;  // asking would load it
+  let adapters;
   try {
     adapters = await getJson(`/v1/lora?model=${encodeURIComponent(selectedModel())}`);
-  } catch (err) { adapters = []; }
+  } catch (err) {
+    setStatus("loraFailed", { msg: err.message }, "error");
+    return;
+  }
   section.hidden = !adapters.length;
-  const list = $("lora-list");
-  list.textContent = "";
   for (const adapter of adapters) {
     const row = document.createElement("label");
     row.className = "lora";
@@ -190,6 +225,8 @@ async function savePreset() {
 }
 
 async function deletePreset() {
+  const preset = state.presets.find((p) => p.id === state.settings.preset);
+  if (!preset || !(await ask(t("confirmDeletePreset", { name: preset.name })))) return;
   state.presets = state.presets.filter((p) => p.id !== state.settings.preset);
   applyPreset("seed");
 }
@@ -202,14 +239,35 @@ function saveFields() {
   state.settings.template = $("template").value;
   renderPresets();
   saveSoon();
+  const problem = limitProblem();
+  if (problem) toast(problem);
 }
 
+function stopStrings() {
+  return $("stop_strings").value.split("\n").map((s) => s.replace(/\\n/g, "\n")).filter((s) => s.trim());
+}
+
+// What the server would refuse in the stop strings or the grammar, said before anything is sent.
+function limitProblem() {
+  if (!limits) return null;
+  const stops = stopStrings();
+  if (stops.length > limits.max_stop_strings) return t("tooManyStops", { n: limits.max_stop_strings });
+  if (stops.some((s) => [...s].length > limits.max_stop_chars)) return t("stopTooLong", { n: limits.max_stop_chars });
+  if (new TextEncoder().encode($("grammar").value).length > limits.max_grammar_bytes) {
+    return t("grammarTooLarge", { n: limits.max_grammar_bytes });
+  }
+  return null;
+}
+
+// The request's sampling fields; throws an Error to show the user when a limit is passed.
 export function samplingBody() {
+  const problem = limitProblem();
+  if (problem) throw new Error(problem);
   const body = { model: selectedModel() || undefined };
   for (const id of FLOAT_FIELDS) if ($(id).value !== "") body[id] = Number($(id).value);
   for (const id of INT_FIELDS) if ($(id).value !== "") body[id] = parseInt($(id).value, 10);
-  const stops = $("stop_strings").value.split("\n").map((s) => s.replace(/\\n/g, "\n")).filter((s) => s.trim());
-  if (stops.length) body.stop = stops.slice(0, 8);
+  const stops = stopStrings();
+  if (stops.length) body.stop = stops;
   if ($("grammar").value.trim()) body.grammar = $("grammar").value;
   return body;
 }
@@ -319,7 +377,7 @@ export function initSettings() {
   if (!allPresets().some((p) => p.id === s.preset)) s.preset = "seed";
   const preset = allPresets().find((p) => p.id === s.preset);
   for (const id of [...FLOAT_FIELDS, ...INT_FIELDS]) {
-    const saved = s.sampling && s.sampling[id];
+    const saved = s.sampling?.[id];
     $(id).value = saved !== undefined ? saved : (preset.values[id] ?? "");
   }
   $("stop_strings").value = s.stop_strings || "";

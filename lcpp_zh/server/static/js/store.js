@@ -28,7 +28,7 @@ function read(key, fallback) {
   try {
     const value = JSON.parse(localStorage.getItem(key));
     return value ?? fallback;
-  } catch (err) {
+  } catch {
     return fallback;
   }
 }
@@ -38,8 +38,8 @@ export function loadStore(errorHandler) {
   const saved = read(KEYS.chats, {});
   state.chats = Array.isArray(saved.chats) ? saved.chats.map(cleanChat).filter(Boolean) : [];
   state.activeId = saved.activeId;
-  state.characters = read(KEYS.characters, []).filter((c) => c && c.id && typeof c.name === "string");
-  state.presets = read(KEYS.presets, []).filter((p) => p && p.id && p.values);
+  state.characters = read(KEYS.characters, []).filter((c) => c?.id && typeof c.name === "string");
+  state.presets = read(KEYS.presets, []).filter((p) => p?.id && p.values);
   state.settings = read(KEYS.settings, {});
   Object.assign(state.texts, read(KEYS.texts, {}));
   migrateLegacy();
@@ -52,7 +52,7 @@ function migrateLegacy() {
   if (!legacy) return;
   const messages = Array.isArray(legacy.conversation) ? legacy.conversation : [];
   const chat = cleanChat({ id: newId(), messages });
-  if (chat && chat.messages.length) state.chats.unshift(chat);
+  if (chat?.messages.length) state.chats.unshift(chat);
   if (legacy.notebook && !state.texts.notebook) state.texts.notebook = String(legacy.notebook);
   localStorage.removeItem(LEGACY_KEY);
   saveSoon();

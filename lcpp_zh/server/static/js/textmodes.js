@@ -1,15 +1,13 @@
 // The raw-completion modes over /v1/completions: "default" (input and output side by side, as in
 // text-generation-webui) and "notebook" (one text that the model continues in place).
 
-import { stream, Timer } from "./api.js";
+import { Timer } from "./api.js";
+import { busy, generate, stopGeneration } from "./generation.js";
 import { t } from "./i18n.js";
 import { LiveMarkdown } from "./markdown.js";
-import { isRunning } from "./chat.js";
 import { samplingBody } from "./settings.js";
 import { saveSoon, state } from "./store.js";
-import { $, setStatus } from "./ui.js";
-
-let controller = null;
+import { $ } from "./ui.js";
 
 function statsText(stats) {
   const parts = [];
@@ -20,36 +18,16 @@ function statsText(stats) {
   return parts.join(" · ");
 }
 
-// Stream a completion of `prompt`, handing each text piece to onText; the stats go to statsId.
-async function complete(prompt, onText, stopId, statsId) {
-  if (controller || isRunning() || !prompt) return;
-  controller = new AbortController();
-  const buttons = ["default-generate", "default-continue", "notebook-generate", "send"];
-  for (const id of buttons) $(id).disabled = true;
-  $(stopId).disabled = false;
-  setStatus("generating", {}, "busy");
+// Stream a completion of `prompt` in `mode`, handing each text piece to onText; the stats go to statsId.
+async function complete(mode, prompt, onText, statsId) {
   const timer = new Timer();
-  let result = null;
-  let stopped = false;
-  try {
-    const body = { ...samplingBody(), prompt, stream: true, stream_options: { include_usage: true } };
-    result = await stream("/v1/completions", body, controller.signal, (choice) => {
-      if (choice.text) { timer.mark(); onText(choice.text); }
-    });
-    setStatus(result.finish === "length" ? "doneLength" : "done", {}, "ok");
-  } catch (err) {
-    stopped = err.name === "AbortError";
-    setStatus(stopped ? "stopped" : "error", { msg: err.message }, stopped ? "" : "error");
-  } finally {
-    $(statsId).textContent = statsText(timer.stats(result, stopped));
-    controller = null;
-    for (const id of buttons) $(id).disabled = false;
-    $(stopId).disabled = true;
-    saveSoon();
-  }
+  const makeBody = () => ({ ...samplingBody(), prompt, stream: true, stream_options: { include_usage: true } });
+  const outcome = await generate(mode, "/v1/completions", makeBody, (choice) => {
+    if (choice.text) { timer.mark(); onText(choice.text); }
+  });
+  if (outcome) $(statsId).textContent = outcome.error ? "" : statsText(timer.stats(outcome.result, outcome.stopped));
+  saveSoon();
 }
-
-function stop() { if (controller) controller.abort(); }
 
 // ---- default mode ----
 let markdownView = false;
@@ -69,15 +47,17 @@ function showOutput() {
 }
 
 function generateDefault(continuing) {
+  if (busy()) return;
   state.texts.defaultInput = $("default-input").value;
   const prompt = continuing ? state.texts.defaultInput + state.texts.defaultOutput : state.texts.defaultInput;
+  if (!prompt) return;
   if (!continuing) state.texts.defaultOutput = "";
   showOutput();
   let frame = null;
-  complete(prompt, (piece) => {
+  complete("default", prompt, (piece) => {
     state.texts.defaultOutput += piece;
     if (frame === null) frame = requestAnimationFrame(() => { frame = null; showOutput(); });
-  }, "default-stop", "default-stats").then(() => {
+  }, "default-stats").then(() => {
     if (frame !== null) cancelAnimationFrame(frame);
     showOutput();
   });
@@ -86,12 +66,13 @@ function generateDefault(continuing) {
 // ---- notebook mode ----
 function generateNotebook() {
   const area = $("notebook-text");
+  if (busy() || !area.value) return;
   state.texts.notebook = area.value;
-  complete(area.value, (piece) => {
+  complete("notebook", area.value, (piece) => {
     area.value += piece;
     state.texts.notebook = area.value;
     area.scrollTop = area.scrollHeight;
-  }, "notebook-stop", "notebook-stats");
+  }, "notebook-stats");
 }
 
 export function initTextModes() {
@@ -103,8 +84,8 @@ export function initTextModes() {
   $("default-generate").addEventListener("click", () => generateDefault(false));
   $("default-continue").addEventListener("click", () => generateDefault(true));
   $("notebook-generate").addEventListener("click", generateNotebook);
-  $("default-stop").addEventListener("click", stop);
-  $("notebook-stop").addEventListener("click", stop);
+  $("default-stop").addEventListener("click", stopGeneration);
+  $("notebook-stop").addEventListener("click", stopGeneration);
   $("default-raw").addEventListener("click", () => { markdownView = false; showOutput(); });
   $("default-md").addEventListener("click", () => { markdownView = true; showOutput(); });
 }

@@ -114,7 +114,7 @@ export async function copyText(text) {
     try {
       await navigator.clipboard.writeText(text);
       return true;
-    } catch (err) { /* fall back below */ }
+    } catch { /* fall back below */ }
   }
   const area = document.createElement("textarea");
   area.value = text;
@@ -124,7 +124,7 @@ export async function copyText(text) {
   document.body.appendChild(area);
   area.select();
   let ok = false;
-  try { ok = document.execCommand("copy"); } catch (err) { ok = false; }
+  try { ok = document.execCommand("copy"); } catch { ok = false; }
   area.remove();
   return ok;
 }
