@@ -108,6 +108,7 @@ bench: tools
 	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/eval_bench.py
 	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/imatrix_bench.py
 	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/rpc_bench.py
+	LLAMA_CPP_TOOLS=$$(cat $(TOOLS_DIR_FILE)) $(PY) benchmarks/spec_bench.py
 	$(PY) benchmarks/soak_bench.py
 
 serve: install

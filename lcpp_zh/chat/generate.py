@@ -30,7 +30,8 @@ class GenerateResult:
         return {"text": self.text, "finish_reason": f.reason, "template": self.template,
                 "prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens,
                 "cached_tokens": f.cached_tokens, "ttft_s": round(f.ttft_s, 4),
-                "tokens_per_s": round(f.tokens_per_s, 2), "error": f.error}
+                "tokens_per_s": round(f.tokens_per_s, 2), "draft_tokens": f.draft_tokens,
+                "draft_accepted": f.draft_accepted, "error": f.error}
 
 
 def build_prompt(engine, prompt: str, *, raw: bool = False, template=None,

@@ -137,7 +137,8 @@ def stats_line(session: ChatSession) -> str:
     if f is None:
         return ""
     return (f"{f.completion_tokens} tokens, {f.tokens_per_s:.1f} tokens/s, first token {f.ttft_s:.2f} s, "
-            f"prompt {f.prompt_tokens} ({f.cached_tokens} cached)")
+            f"prompt {f.prompt_tokens} ({f.cached_tokens} cached)"
+            + (f", {f.draft_accepted}/{f.draft_tokens} guesses accepted" if f.draft_tokens else ""))
 
 
 def run_command(term: Terminal, session: ChatSession, line: str) -> bool:

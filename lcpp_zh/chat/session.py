@@ -79,7 +79,7 @@ class ChatSession:
     @staticmethod
     def setting_names() -> list[str]:
         # Settings that are not one number or word cannot be typed after /set.
-        return [n for n in SamplingParams.names() if n not in ("stop", "grammar", "logit_bias")]
+        return [n for n in SamplingParams.names() if n not in ("stop", "logit_bias", *_SERVER_ONLY_PARAMS)]
 
     # --- turns ---
     def ask(self, text: str) -> Iterator[str]:
@@ -178,7 +178,7 @@ class ChatSession:
         """Write the conversation as JSON, atomically: the file is whole or untouched."""
         path = Path(path).expanduser()
         data = {"system": self.system, "template": self.template.name, "messages": self.messages,
-                "params": {k: v for k, v in asdict(self.params).items() if k != "grammar"}}
+                "params": {k: v for k, v in asdict(self.params).items() if k not in _SERVER_ONLY_PARAMS}}
         try:
             payload = (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
         except ValueError as exc:  # a lone surrogate from undecodable input
@@ -240,11 +240,15 @@ def _check_message(i: int, message: Any, bad) -> dict[str, str]:
     return {"role": expected, "content": message["content"]}
 
 
+# Grammars (and the lazy grammar's triggers) come with a server request; the REPL neither sets nor saves them.
+_SERVER_ONLY_PARAMS = ("grammar", "grammar_triggers")
+
+
 def _saved_params(saved: Any, params: SamplingParams, bad) -> SamplingParams:
     """`params` with the saved settings applied; each must have its setting's type (JSON says 1 for 1.0)."""
     if not isinstance(saved, dict):
         raise bad('"params" must be an object')
-    known = {k: v for k, v in saved.items() if k in SamplingParams.names()}
+    known = {k: v for k, v in saved.items() if k in SamplingParams.names() and k not in _SERVER_ONLY_PARAMS}
     for name, value in known.items():
         if not _param_type_ok(name, value, getattr(params, name)):
             raise bad(f"setting {name} has the wrong type ({type(value).__name__})")

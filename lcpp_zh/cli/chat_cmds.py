@@ -21,7 +21,13 @@ from lcpp_zh.cli.lora_cmds import pair_loras
 from lcpp_zh.cli.progress import byte_progress
 from lcpp_zh.common.sampling_defaults import SEED_SAMPLING as SEED
 from lcpp_zh.resolve import DEFAULT_QUANT, INFER_DTYPES
-from lcpp_zh.runtime.settings import FLASH_ATTN_MODES, KV_CACHE_TYPES, EngineSettings, ModelChoice
+from lcpp_zh.runtime.settings import (
+    FLASH_ATTN_MODES,
+    KV_CACHE_TYPES,
+    SPEC_NGRAM_MODES,
+    EngineSettings,
+    ModelChoice,
+)
 from lcpp_zh.templates import AUTO, template_names
 
 TEMPLATE_CHOICES = template_names()
@@ -68,6 +74,16 @@ def model_options(fn: Callable) -> Callable:
         click.option("--cache-ram", "cache_ram_mb", type=click.IntRange(min=0), default=EngineSettings.cache_ram_mb,
                      metavar="MB", help="Host RAM for the KV of idle conversations, restored when they come back "
                                         "(at most a quarter of the free memory); 0 = off."),
+        click.option("--spec-ngram", type=click.Choice(SPEC_NGRAM_MODES), default=EngineSettings.spec_ngram,
+                     envvar="LCPP_ZH_SPEC_NGRAM", help="Speculative decoding from the prompt and answer's own text "
+                     "(same output, faster copying); auto: only in answers where the guesses hold."),
+        click.option("--draft", "--draft-model", "draft_model", default=EngineSettings.draft_model, metavar="DRAFT.gguf",
+                     type=click.Path(exists=True, dir_okay=False), help="A small model with the same vocabulary "
+                     "that guesses tokens for the model to check (speculative decoding; same output)."),
+        click.option("--draft-max", type=click.IntRange(min=1), default=EngineSettings.draft_max,
+                     help="Most tokens guessed per step (speculative decoding)."),
+        click.option("--draft-min", type=click.IntRange(min=1), default=EngineSettings.draft_min,
+                     help="Fewest guessed tokens worth checking (speculative decoding)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -140,7 +156,9 @@ def parse_model_options(kwargs: dict, *, model_source: str | None = None,
                               tensor_split=kwargs.pop("tensor_split"),
                               loras=tuple(pair_loras(kwargs.pop("loras"), kwargs.pop("lora_scales"))),
                               cache_type_k=kwargs.pop("cache_type_k"), cache_type_v=kwargs.pop("cache_type_v"),
-                              flash_attn=kwargs.pop("flash_attn"), cache_ram_mb=kwargs.pop("cache_ram_mb"), **engine)
+                              flash_attn=kwargs.pop("flash_attn"), cache_ram_mb=kwargs.pop("cache_ram_mb"),
+                              spec_ngram=kwargs.pop("spec_ngram"), draft_model=kwargs.pop("draft_model"),
+                              draft_max=kwargs.pop("draft_max"), draft_min=kwargs.pop("draft_min"), **engine)
     return choice, settings, template
 
 

@@ -29,6 +29,7 @@ from lcpp_zh.runtime.sampling import CandidateSampler, SamplingParams, build_cha
 from lcpp_zh.runtime.scheduler import QueueFull, Scheduler
 from lcpp_zh.runtime.settings import EngineSettings
 from lcpp_zh.runtime.slots import Request, check_request
+from lcpp_zh.runtime.speculative import DraftModel, Speculator
 from lcpp_zh.runtime.stream import Event, Finished, Stream, TextDelta
 from lcpp_zh.runtime.utf8_mask import Utf8Guard, Utf8Table
 
@@ -189,6 +190,25 @@ def _ram_cache_mb(wanted: int) -> int:
     return max(1, min(wanted, available // 4))
 
 
+def _make_speculator(settings: EngineSettings, model: LlamaModel, n_ctx: int, n_threads: int,
+                     plan: OffloadPlan | None) -> Speculator | None:
+    """Speculative decoding as the settings ask, with the draft model on the GPU when the model is. None
+    for recurrent and hybrid models: their cache cannot drop a sequence's last cells (rejected guesses)."""
+    import llama_cpp
+
+    spec = Speculator(settings)  # checks the settings before a draft model loads
+    if not spec.enabled and not settings.draft_model:
+        return None
+    if llama_cpp.llama_model_is_recurrent(model.model) or llama_cpp.llama_model_is_hybrid(model.model):
+        logger.info("speculative decoding is off: this model's cache cannot take back rejected guesses")
+        return None
+    if settings.draft_model:
+        gpu_layers = 999 if plan is not None and plan.n_gpu_layers > 0 else 0
+        spec.draft_model = DraftModel(settings.draft_model, model, n_ctx=n_ctx, n_seq=settings.n_parallel,
+                                      n_batch=settings.n_batch, n_threads=n_threads, gpu_layers=gpu_layers)
+    return spec
+
+
 DEFAULT_SETTINGS = EngineSettings()  # frozen: one shared default is safe
 
 
@@ -214,6 +234,7 @@ class Engine(VocabularyFront):
         self.n_threads = settings.n_threads or physical_cores()
         self.verbose = settings.verbose
         self._model = _load_model(model_path, plan)
+        self._plan = plan
         try:
             self._init_context(settings)
         except BaseException:
@@ -248,9 +269,17 @@ class Engine(VocabularyFront):
         backend = _LlamaBackend(self._model, self._ctx)
         backend.prepare()  # part of loading, as llama-server's warm-up is: not of the first answer's latency
         cache = PromptCache(_ram_cache_mb(settings.cache_ram_mb)) if settings.cache_ram_mb > 0 else None
+        try:
+            self._speculator = _make_speculator(settings, self._model, self.n_ctx, self.n_threads, self._plan)
+        except BaseException:
+            if self._loras is not None:
+                self._loras.free()
+            self._ctx.close()
+            raise
         self._scheduler = Scheduler(backend, n_slots=n_parallel, n_ctx=self.n_ctx,
                                     n_ctx_slot=self.n_ctx_slot, n_batch=self._ctx.n_batch,
-                                    max_queue=settings.max_queue, prompt_cache=cache)
+                                    max_queue=settings.max_queue, prompt_cache=cache,
+                                    speculator=self._speculator)
 
     # --- generation ---
     def submit(self, prompt_tokens: Sequence[int], params: SamplingParams | None = None, *,
@@ -350,6 +379,8 @@ class Engine(VocabularyFront):
         if self._embed_ctx is not None:
             self._embed_ctx.close()
         self._ctx.close()
+        if self._speculator is not None:
+            self._speculator.close()
         if self._loras is not None:
             self._loras.free()
         self._model.close()

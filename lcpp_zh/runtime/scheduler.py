@@ -65,10 +65,13 @@ class Scheduler:
     """Owns the slots and the waiting queue; `run()` is the engine thread's body."""
 
     def __init__(self, backend: Backend, *, n_slots: int, n_ctx_slot: int, n_batch: int,
-                 max_queue: int = 64, n_ctx: int | None = None, prompt_cache: PromptCache | None = None) -> None:
+                 max_queue: int = 64, n_ctx: int | None = None, prompt_cache: PromptCache | None = None,
+                 speculator: Any = None) -> None:
         """`n_ctx`: KV cells shared by the slots (default n_slots * n_ctx_slot); `n_ctx_slot`: the most
-        tokens one request may hold (prompt and answer); `prompt_cache`: idle conversations kept in RAM."""
+        tokens one request may hold (prompt and answer); `prompt_cache`: idle conversations kept in RAM;
+        `speculator`: drafts guesses to verify in each step (lcpp_zh.runtime.speculative.Speculator)."""
         self.backend = backend
+        self.spec = speculator if speculator is not None and speculator.enabled else None
         self.n_ctx = n_ctx if n_ctx is not None else n_slots * n_ctx_slot
         self.n_ctx_slot = min(n_ctx_slot, self.n_ctx)
         self.slots = [Slot(i, self.n_ctx_slot) for i in range(n_slots)]
@@ -249,6 +252,8 @@ class Scheduler:
             req.stream.put(Finished("error", len(req.tokens), 0, 0, 0.0, 0.0, error=str(exc)))
             return
         slot.start(req, keep, sampler, self.backend.piece)
+        if self.spec is not None:
+            self.spec.begin(slot.seq_id, req.tokens)
         self.totals["prompt_tokens"] += len(req.tokens)
         self.totals["cached_tokens"] += keep
         logger.debug("slot %d: %d prompt tokens, %d cached", slot.seq_id, len(req.tokens), keep)
@@ -296,9 +301,9 @@ class Scheduler:
             if slot.busy and slot.req.stream.cancelled.is_set():
                 self._finish(slot, "cancelled")
         self._make_room()
-        batch, plan = self._build_batch()
-        # A speculative step would add here, after each generating slot's token, the draft tokens to verify
-        # (with logits), and accept the longest agreeing run after the decode below.
+        # Guesses (speculative decoding) go after each generating slot's token, before any prefill.
+        drafts = self.spec.plan(self.slots, self.n_batch, self.kv.free) if self.spec is not None else {}
+        batch, plan = self._build_batch(drafts)
         if not plan:
             return
         rc = self.backend.decode(batch)
@@ -307,6 +312,10 @@ class Scheduler:
             self._decode_failed(rc, plan)
             return
         for slot, added, index in plan:
+            if slot.seq_id in drafts:  # its token and guesses: sampled position by position
+                if self.spec.verify(self, slot, added, index):
+                    self._release(slot)
+                continue
             self.kv.grew(slot, added)
             if index is None:
                 continue
@@ -320,7 +329,7 @@ class Scheduler:
             if slot.on_token(token, self.backend.is_eog(token)) is not None:
                 self._release(slot)
 
-    def _build_batch(self) -> tuple[Any, list[tuple[Slot, list[int], int | None]]]:
+    def _build_batch(self, drafts: dict[int, list[int]]) -> tuple[Any, list[tuple[Slot, list[int], int | None]]]:
         batch = self.batch
         batch.clear()
         plan: list[tuple[Slot, list[int], int | None]] = []
@@ -328,7 +337,10 @@ class Scheduler:
             if slot.busy and slot.next_token is not None:
                 token, slot.next_token = slot.next_token, None
                 index = batch.add(token, len(slot.tokens), slot.seq_id, True)
-                plan.append((slot, [token], index))
+                guesses = drafts.get(slot.seq_id, [])
+                for i, guess in enumerate(guesses):
+                    batch.add(guess, len(slot.tokens) + 1 + i, slot.seq_id, True)
+                plan.append((slot, [token, *guesses], index))
         cells = self.kv.free - batch.n  # prefill only into free cells (_make_room made some)
         for slot in self.slots:
             room = min(self.n_batch - batch.n, cells)
@@ -361,6 +373,8 @@ class Scheduler:
         self._release(slot)
 
     def _release(self, slot: Slot) -> None:
+        if self.spec is not None:
+            self.spec.end(slot.seq_id)
         if slot.sampler is not None:
             self.backend.free_sampler(slot.sampler)
             slot.sampler = None

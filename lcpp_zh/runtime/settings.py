@@ -13,6 +13,8 @@ from typing import Any
 # llama.cpp's KV cache types (llama-server's --cache-type-k/-v choices).
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN_MODES = ("auto", "on", "off")
+# Speculative decoding from the answer's own text (lcpp_zh.runtime.speculative): auto drafts while it pays.
+SPEC_NGRAM_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,13 @@ class EngineSettings:
     # Idle conversations' KV kept in host RAM and restored when they come back (llama-server's --cache-ram,
     # same default); 0 turns it off. The engine caps it at a quarter of the memory available at load.
     cache_ram_mb: int = 8192
+    # Speculative decoding (lcpp_zh.runtime.speculative): guesses of the next tokens, verified in one batch with
+    # the request's own sampler, so the output is the same as without. N-gram drafts come from the prompt and
+    # the answer so far (copy-heavy tasks); a draft model (same vocabulary) guesses anything, at its own cost.
+    spec_ngram: str = "auto"         # SPEC_NGRAM_MODES; auto stops drafting in answers where guesses fail
+    draft_model: str | None = None   # a small GGUF with the model's vocabulary (llama-server's --model-draft)
+    draft_max: int = 16              # most tokens guessed per step (llama-server's --draft-max)
+    draft_min: int = 1               # fewer guesses than this are not worth verifying (--draft-min)
 
     def replace(self, **changes: Any) -> EngineSettings:
         return replace(self, **changes)

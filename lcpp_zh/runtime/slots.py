@@ -111,6 +111,7 @@ class Slot:
         self.n_unreported = 0
         self.t_start = time.perf_counter()
         self.t_first: float | None = None
+        self.n_drafted = self.n_accepted = 0  # speculative decoding (the scheduler counts)
 
     def on_token(self, token: int, is_eog: bool) -> Finished | None:
         """Account for a sampled token; returns the Finished event when the request ends with it."""
@@ -160,7 +161,8 @@ class Slot:
         tps = (self.n_generated - 1) / gen_time if self.n_generated > 1 and gen_time > 0 else 0.0
         event = Finished(reason=reason, prompt_tokens=len(req.tokens), completion_tokens=self.n_generated,
                          cached_tokens=self.cached, ttft_s=ttft, tokens_per_s=tps, error=error,
-                         stop=self.stops.stopped, tokens=tuple(self.generated))
+                         stop=self.stops.stopped, tokens=tuple(self.generated),
+                         draft_tokens=self.n_drafted, draft_accepted=self.n_accepted)
         req.stream.put(event)
         self.req = None
         self.pending = []

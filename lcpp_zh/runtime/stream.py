@@ -40,6 +40,8 @@ class Finished:
     error: str | None = None
     stop: str | None = None  # the stop string that ended it, if any
     tokens: tuple[int, ...] = ()  # the generated token ids (EOS included when it ended the text)
+    draft_tokens: int = 0     # speculative decoding: tokens drafted for this answer
+    draft_accepted: int = 0   # of those, the ones the model confirmed
 
     @property
     def evaluated_tokens(self) -> int:

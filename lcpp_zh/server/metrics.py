@@ -33,7 +33,8 @@ TPS_BUCKETS = (1, 5, 10, 25, 50, 100, 200, 400, 1000)
 PREFIX = "lcpp_zh_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Engine stats() keys that are running totals; every other numeric key is a gauge.
-ENGINE_COUNTERS = frozenset({"requests", "prompt_tokens", "cached_tokens", "generated_tokens", "decode_calls"})
+ENGINE_COUNTERS = frozenset({"requests", "prompt_tokens", "cached_tokens", "generated_tokens", "decode_calls",
+                             "draft_tokens", "draft_accepted"})
 
 
 class _EngineCollector:
@@ -50,6 +51,8 @@ class _EngineCollector:
             except Exception as exc:  # noqa: BLE001 - /metrics must answer even if one engine is broken
                 logger.warning("stats of %s: %s", model.alias, exc)
                 continue
+            if stats.get("draft_tokens"):  # speculative decoding: the share of guesses the model confirmed
+                stats = {**stats, "draft_acceptance_ratio": stats.get("draft_accepted", 0) / stats["draft_tokens"]}
             for key, value in sorted(stats.items()):
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     continue

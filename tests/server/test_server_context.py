@@ -25,8 +25,16 @@ def f16_server(smollm2_gguf, tmp_path_factory):
 @pytest.fixture(scope="module")
 def q8_server(smollm2_gguf, tmp_path_factory):
     srv = start_server([f"smol={smollm2_gguf}", *BASE, "--cache-type-k", "q8_0", "--cache-type-v", "q8_0",
-                        "--flash-attn", "on", "--context-overflow", "truncate-middle"],
-                       tmp_path_factory.mktemp("serve-q8"))
+                        "--flash-attn", "on"], tmp_path_factory.mktemp("serve-q8"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def truncating_server(smollm2_gguf, tmp_path_factory):
+    # A small context, so that the kept history is quick to evaluate on a small machine.
+    srv = start_server([f"smol={smollm2_gguf}", "--ctx", "1024", "--parallel", "1", "--threads", "1",
+                        "--context-overflow", "truncate-middle"], tmp_path_factory.mktemp("serve-truncate"))
     yield srv
     srv.stop()
 
@@ -45,7 +53,7 @@ def _document(server, n_tokens: int) -> str:
 def test_a_6000_token_request_is_answered(which, request):
     server = request.getfixturevalue(which)
     client = openai.OpenAI(base_url=server.v1, api_key="none", max_retries=0, timeout=600)
-    document = _document(server, 6000)
+    document = _document(server, 6100)
     reply = client.chat.completions.create(
         model="smol", max_tokens=8, temperature=0,
         messages=[{"role": "user", "content": document + "\nWhere does the river run?"}])
@@ -61,24 +69,26 @@ def test_a_request_larger_than_the_cache_is_a_400(f16_server):
     assert httpx.get(f"{f16_server.url}/health", timeout=10).status_code == 200
 
 
-def _long_history(server, n_turns: int) -> list[dict]:
-    turn = _document(server, 1000)
+def _long_history(server, n_turns: int, turn_tokens: int) -> list[dict]:
+    turn = _document(server, turn_tokens)
     messages = [{"role": "system", "content": "You answer in one word."}]
     for i in range(n_turns):
         messages += [{"role": "user", "content": f"Turn {i}. {turn}"}, {"role": "assistant", "content": "Noted."}]
     return messages + [{"role": "user", "content": "Which turn is this?"}]
 
 
-def test_context_overflow_truncate_middle_drops_old_turns_and_says_so(q8_server, f16_server):
-    messages = _long_history(q8_server, 12)  # about 12,000 tokens
-    r = httpx.post(f"{q8_server.v1}/chat/completions", timeout=600,
+def test_context_overflow_truncate_middle_drops_old_turns_and_says_so(truncating_server, f16_server):
+    messages = _long_history(truncating_server, 12, 150)  # about 1,900 tokens for a context of 1024
+    r = httpx.post(f"{truncating_server.v1}/chat/completions", timeout=600,
                    json={"model": "smol", "messages": messages, "max_tokens": 4, "temperature": 0})
     assert r.status_code == 200, r.text[:300]
     dropped = int(r.headers["X-Context-Truncated"])
     usage = r.json()["usage"]
     # Whole turns (user + assistant) go, the system prompt and the latest question stay.
-    assert usage["truncated_messages"] == dropped and dropped % 2 == 0 and dropped >= 8
-    assert usage["prompt_tokens"] <= 8192 - 4
+    assert usage["truncated_messages"] == dropped and dropped % 2 == 0 and dropped >= 12
+    assert usage["prompt_tokens"] <= 1024 - 4
+    # The default (error) refuses a history beyond the context.
+    too_long = _long_history(f16_server, 12, 800)  # about 9,700 tokens for 8192
     refused = httpx.post(f"{f16_server.v1}/chat/completions", timeout=600,
-                         json={"model": "smol", "messages": messages, "max_tokens": 4})
+                         json={"model": "smol", "messages": too_long, "max_tokens": 4})
     assert refused.status_code == 400 and "prompt is too long" in refused.text

@@ -30,7 +30,7 @@ LIGHT = [{"type": "function", "function": {"name": t["function"]["name"], "param
     **t["function"]["parameters"], "properties": dict(list(t["function"]["parameters"]["properties"].items())[:1]),
     "required": t["function"]["parameters"]["required"][:1]}}} for t in (WEATHER, TIME)]
 ASK = [{"role": "user", "content": "What is the weather in Paris for the next 2 days?"}]
-GREEDY = {"temperature": 0.0, "max_tokens": 60, "extra_body": {"repeat_penalty": 1.0}}
+GREEDY = {"temperature": 0.0, "max_tokens": 100, "extra_body": {"repeat_penalty": 1.0}}
 
 
 @pytest.fixture(scope="module", params=["smollm2", "tiny_zh"])
@@ -38,6 +38,7 @@ def server(request, tmp_path_factory):
     gguf = request.getfixturevalue(f"{request.param}_gguf")
     srv = start_server([f"m={gguf}", "--ctx", "2048", "--threads", "2"], tmp_path_factory.mktemp("serve-tools"))
     srv.tools = LIGHT if request.param == "tiny_zh" else [WEATHER, TIME]
+    srv.ask = [{"role": "user", "content": "巴黎天气？"}] if request.param == "tiny_zh" else ASK
     yield srv
     srv.stop()
 
@@ -75,28 +76,28 @@ def check_calls(message, tools) -> list:
 
 
 def test_required_gives_a_call_that_fits_the_schema(server, client):
-    reply = client.chat.completions.create(model="m", messages=ASK, tools=server.tools, tool_choice="required",
+    reply = client.chat.completions.create(model="m", messages=server.ask, tools=server.tools, tool_choice="required",
                                            **GREEDY)
     assert reply.choices[0].finish_reason == "tool_calls"
     check_calls(reply.choices[0].message, server.tools)
 
 
 def test_named_choice_calls_that_function(server, client):
-    reply = client.chat.completions.create(model="m", messages=ASK, tools=server.tools, parallel_tool_calls=False,
+    reply = client.chat.completions.create(model="m", messages=server.ask, tools=server.tools, parallel_tool_calls=False,
                                            tool_choice={"type": "function", "function": {"name": "get_time"}}, **GREEDY)
     calls = check_calls(reply.choices[0].message, server.tools)
     assert [c.function.name for c in calls] == ["get_time"]
 
 
 def test_parallel_false_gives_one_call(server, client):
-    reply = client.chat.completions.create(model="m", messages=ASK, tools=server.tools, tool_choice="required",
+    reply = client.chat.completions.create(model="m", messages=server.ask, tools=server.tools, tool_choice="required",
                                            parallel_tool_calls=False, **GREEDY)
     assert len(check_calls(reply.choices[0].message, server.tools)) == 1
     assert reply.choices[0].finish_reason == "tool_calls"
 
 
 def test_none_answers_with_text(server, client):
-    reply = client.chat.completions.create(model="m", messages=ASK, tools=server.tools, tool_choice="none",
+    reply = client.chat.completions.create(model="m", messages=server.ask, tools=server.tools, tool_choice="none",
                                            **{**GREEDY, "max_tokens": 12})
     message = reply.choices[0].message
     assert not message.tool_calls and isinstance(message.content, str)
@@ -104,7 +105,7 @@ def test_none_answers_with_text(server, client):
 
 
 def test_auto_gives_text_or_a_valid_call(server, client):
-    reply = client.chat.completions.create(model="m", messages=ASK, tools=server.tools, **GREEDY)
+    reply = client.chat.completions.create(model="m", messages=server.ask, tools=server.tools, **GREEDY)
     message = reply.choices[0].message
     if message.tool_calls:
         check_calls(message, server.tools)
@@ -114,7 +115,7 @@ def test_auto_gives_text_or_a_valid_call(server, client):
 
 
 def test_streamed_call_reassembles_to_the_same_call(server, client):
-    args = {"model": "m", "messages": ASK, "tools": server.tools, "tool_choice": "required",
+    args = {"model": "m", "messages": server.ask, "tools": server.tools, "tool_choice": "required",
             "parallel_tool_calls": False, "seed": 7, **GREEDY}
     whole = check_calls(client.chat.completions.create(**args).choices[0].message, server.tools)
     calls: dict[int, dict] = {}
@@ -135,26 +136,26 @@ def test_streamed_call_reassembles_to_the_same_call(server, client):
     assert pieces >= 2  # the header, then the arguments
 
 
-def _after_result(result: str) -> list[dict]:
-    return [*ASK, {"role": "assistant", "content": None, "tool_calls": [
+def _after_result(ask: list[dict], result: str) -> list[dict]:
+    return [*ask, {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "call_1", "type": "function",
                  "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": result}]
 
 
 def test_text_answer_after_the_tool_result(server, client):
-    short = client.chat.completions.create(model="m", messages=_after_result("sunny"), tools=server.tools[:1],
+    short = client.chat.completions.create(model="m", messages=_after_result(server.ask, "sunny"), tools=server.tools[:1],
                                            tool_choice="none", **{**GREEDY, "max_tokens": 16})
     message = short.choices[0].message
     assert message.content and not message.tool_calls
     # The result is in the prompt: a longer one costs more prompt tokens.
-    longer = client.chat.completions.create(model="m", messages=_after_result("sunny, 25 degrees, light wind"),
+    longer = client.chat.completions.create(model="m", messages=_after_result(server.ask, "sunny, 25 degrees, light wind"),
                                             tools=server.tools[:1], tool_choice="none", **{**GREEDY, "max_tokens": 1})
     assert longer.usage.prompt_tokens > short.usage.prompt_tokens
 
 
 def _bad(server, body: dict) -> httpx.Response:
-    body = {"model": "m", "messages": ASK, "max_tokens": 4, **body}
+    body = {"model": "m", "messages": server.ask, "max_tokens": 4, **body}
     return httpx.post(f"{server.v1}/chat/completions", json=body, timeout=120)
 
 

@@ -153,7 +153,9 @@ def chat_messages(messages: Sequence[ChatMessage], plan: ToolPlan | None) -> lis
                 entry["content"] = "\n".join([text, *lines] if text else lines)
         out.append(entry)
     if plan is not None and plan.calling and not fmt.jinja:
-        _add_instructions(out, generic_system(plan.tools))
+        # A named choice: only that tool is shown (the others cannot be called; prompt tokens are dear).
+        offered = [t for t in plan.tools if t["name"] == plan.choice] or plan.tools
+        _add_instructions(out, generic_system(offered))
     return [{k: v for k, v in m.items() if k != "tool_results"} for m in out]
 
 

@@ -5,9 +5,9 @@ given the tools and the conversation's calls and results and writes them itself;
 in that template's format. Any other template (Atom, Llama2-Chinese, ChatML, SmolLM2) gets the generic format:
 
     system message, after its own text:
-        You can call these tools. 你可以调用以下工具：
-        {"name": "get_weather", "description": "...", "parameters": {...JSON schema...}}   (one line per tool)
-        To call a tool, reply with one line per call and nothing else. 调用工具时，每行写一个调用，不写其他内容：
+        Tools 工具:
+        {"name":"get_weather","description":"...","parameters":{...JSON schema...}}   (one line per tool)
+        To call tools, reply only with one line per call 调用工具时只回复:
         <tool_call>{"name": "TOOL_NAME", "arguments": {ARGUMENTS}}</tool_call>
     an assistant turn that called tools:  its text, then one <tool_call>{...}</tool_call> line per call
     tool results (consecutive ones joined), as a user turn:
@@ -46,8 +46,9 @@ HERMES = ToolFormat("hermes", jinja=True, open="<tool_call>", close="</tool_call
 LLAMA3 = ToolFormat("llama3", jinja=True, open="", close="", args_key="parameters")
 MISTRAL = ToolFormat("mistral", jinja=True, open="[TOOL_CALLS]", close="")
 
-GENERIC_INTRO = "You can call these tools. 你可以调用以下工具：\n"
-GENERIC_HOWTO = ("To call a tool, reply with one line per call and nothing else. 调用工具时，每行写一个调用，不写其他内容：\n"
+# Short on purpose: it is in every prompt (a tiny model's whole context is 512 tokens).
+GENERIC_INTRO = "Tools 工具:\n"
+GENERIC_HOWTO = ("To call tools, reply only with one line per call 调用工具时只回复:\n"
                  '<tool_call>{"name": "TOOL_NAME", "arguments": {ARGUMENTS}}</tool_call>')
 
 
