@@ -65,7 +65,11 @@ def start_server(args: list[str], workdir: Path, *, api_key: str | None = None, 
     """`lcpp-zh serve ARGS --port FREE` with its log in workdir; waits for /health 200 when `wait`."""
     port = free_port()
     log_path = workdir / f"serve-{port}.log"
-    full_env = {**os.environ, "LCPP_ZH_CACHE": str(workdir / "cache"), **(env or {})}
+    # OpenMP (llama.cpp's CPU threads) spins at each of the hundreds of barriers of a decode; on a test machine
+    # whose cores other processes also use, a spinning thread waits out the scheduler's time slice for its
+    # descheduled partner at every barrier, and one token takes seconds instead of milliseconds (a stream
+    # looks hung). Waiting passively keeps the tests' timing independent of the machine's load.
+    full_env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "LCPP_ZH_CACHE": str(workdir / "cache"), **(env or {})}
     full_env.pop("LCPP_ZH_API_KEY", None)
     if api_key:
         full_env["LCPP_ZH_API_KEY"] = api_key

@@ -240,7 +240,8 @@ def _check_message(i: int, message: Any, bad) -> dict[str, str]:
     return {"role": expected, "content": message["content"]}
 
 
-# Grammars (and the lazy grammar's triggers) come with a server request; the REPL neither sets nor saves them.
+# Grammars (and the lazy grammar's triggers) come with a server request: the REPL neither sets nor saves them
+# (a conversation file written by hand may still carry a grammar, which /load applies).
 _SERVER_ONLY_PARAMS = ("grammar", "grammar_triggers")
 
 
@@ -248,7 +249,7 @@ def _saved_params(saved: Any, params: SamplingParams, bad) -> SamplingParams:
     """`params` with the saved settings applied; each must have its setting's type (JSON says 1 for 1.0)."""
     if not isinstance(saved, dict):
         raise bad('"params" must be an object')
-    known = {k: v for k, v in saved.items() if k in SamplingParams.names() and k not in _SERVER_ONLY_PARAMS}
+    known = {k: v for k, v in saved.items() if k in SamplingParams.names() and k != "grammar_triggers"}
     for name, value in known.items():
         if not _param_type_ok(name, value, getattr(params, name)):
             raise bad(f"setting {name} has the wrong type ({type(value).__name__})")

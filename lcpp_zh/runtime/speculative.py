@@ -24,9 +24,10 @@ from lcpp_zh.runtime.slots import common_prefix
 logger = logging.getLogger(__name__)
 
 # Prompt lookup matches the last NGRAM_MAX tokens first, then shorter suffixes down to NGRAM_MIN (as
-# transformers' prompt_lookup_num_tokens does from 3). One-token matches propose mostly wrong drafts.
+# transformers' prompt_lookup_num_tokens does). Two-token matches ("of the") are frequent in free text and
+# mostly propose wrong guesses; from three on, a match is usually a copy.
 NGRAM_MAX = 4
-NGRAM_MIN = 2
+NGRAM_MIN = 3
 
 # "auto": verifying a draft token costs a fraction of a single-token decode (the weights are read once for the
 # whole batch; on a CPU each extra token still adds its own compute, on a GPU almost nothing), while each

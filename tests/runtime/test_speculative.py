@@ -1,6 +1,12 @@
 """Speculative decoding on the real SmolLM2: the output with guesses (n-gram lookup, a draft model) is token for
 token the output without them, in every way an answer can end and with several slots at once; the guesses
-are counted per answer and in /metrics. The reference is the engine with speculative decoding off."""
+are counted per answer and in /metrics. The reference is the engine with speculative decoding off.
+
+Identity holds where llama.cpp computes a position the same in a batch of one token and of several: on the CPU,
+exactly below about 256 cells in use (a single-token decode takes other kernels in longer contexts, where
+logits differ by up to ~0.7 and a near-tie can flip), so the answers here stay short; the one that runs to
+the context's end is a confident copy.
+"""
 
 from __future__ import annotations
 
@@ -49,17 +55,17 @@ def both(plain, spec, prompt: str, params: SamplingParams = GREEDY):
 
 # --- the n-gram index (prompt lookup) ---
 def test_ngram_draft_prefers_the_longest_suffix_then_the_latest_place():
-    index = NgramIndex([1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 1, 2, 3])
-    assert index.draft(3) == [4, 5, 9]  # [1, 2, 3] occurred at 0..2; [2, 3] alone would give [7, 8, 1]
-    index.extend([6, 2, 3])
-    assert index.draft(2) == [6, 2]  # now only [2, 3] matches: its latest earlier place is 11..12
+    index = NgramIndex([1, 2, 3, 4, 5, 9, 9, 2, 3, 4, 7, 8, 1, 2, 3, 4])
+    assert index.draft(3) == [5, 9, 9]  # [1, 2, 3, 4] occurred at 0..3; [2, 3, 4] alone would give [7, 8, 1]
+    index.extend([6, 2, 3, 4])
+    assert index.draft(2) == [6, 2]  # now only [2, 3, 4] matches: its latest earlier place is 13..15
 
 
 def test_ngram_draft_needs_a_match_and_stops_at_the_end():
-    index = NgramIndex([5, 6, 7, 8])
-    assert index.draft(4) == []
-    index.extend([5, 6])
-    assert index.draft(10) == [7, 8, 5, 6]  # the copy may run into the suffix itself
+    index = NgramIndex([5, 6, 7, 8, 5, 6])
+    assert index.draft(4) == []  # [8, 5, 6] never occurred before, and two tokens are too few to match
+    index.extend([7])
+    assert index.draft(10) == [8, 5, 6, 7]  # the copy may run into the suffix itself
     assert index.draft(0) == []
 
 

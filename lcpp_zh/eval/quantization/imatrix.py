@@ -10,19 +10,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lcpp_zh.convert.imatrix_file import Imatrix, read_imatrix
 from lcpp_zh.errors import EngineError, ModelError
 from lcpp_zh.eval.quantization import ggml_tensor as gt
-from lcpp_zh.runtime.llama_api import Batch, LlamaContext, LlamaModel
+
+if TYPE_CHECKING:  # llama_cpp loads in compute_imatrix: the CLI reads the defaults below without it
+    from lcpp_zh.runtime.llama_api import Batch, LlamaContext, LlamaModel
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Imatrix", "compute_imatrix", "read_imatrix"]
 
-DEFAULT_BATCH = 2048  # llama-imatrix's -b: tokens per decode, n_batch / n_ctx chunks side by side
+# llama-imatrix's -b: tokens per decode, n_batch / n_ctx chunks side by side. It changes the matrix: with one KV
+# stream per chunk llama.cpp cuts a decode into micro-batches holding an equal share of every chunk (split_equal),
+# so -b decides which rows each attention sees at once, and attn_output's inputs move by up to 1e-3 relative
+# between -b 128 and 2048 at ctx 128, in llama-imatrix as here (issue 18: its -b 128 against our 2048 then).
+DEFAULT_BATCH = 2048
 DEFAULT_UBATCH = 512  # its -ub: tokens per compute step, hence rows per callback
 MIN_ROWS = 16  # llama-imatrix ignores multiplications of fewer rows (tiny batches)
 
@@ -31,7 +38,7 @@ Progress = Callable[[int, int], None]
 
 
 class _Collector:
-    """The eval callback and its sums: float64 accumulators per weight, (n_mat, n_cols), and row counts."""
+    """The eval callback and its sums: float32 accumulators per weight, (n_mat, n_cols), and row counts."""
 
     def __init__(self, process_output: bool = False) -> None:
         import llama_cpp
@@ -70,7 +77,7 @@ class _Collector:
     def _entry(self, name: str, n_mat: int, n_cols: int, n_counts: int) -> tuple[np.ndarray, np.ndarray]:
         sums = self.sums.get(name)
         if sums is None:
-            sums = self.sums[name] = np.zeros((n_mat, n_cols), np.float64)
+            sums = self.sums[name] = np.zeros((n_mat, n_cols), np.float32)
             self.counts[name] = np.zeros(n_counts, np.int64)
         elif sums.shape != (n_mat, n_cols):
             raise EngineError(f"{name}: activations of {n_mat}x{n_cols}, earlier {sums.shape[0]}x{sums.shape[1]}")
@@ -87,13 +94,11 @@ class _Collector:
         n_mat = src0.ne[2] * src0.ne[3]
         sums, counts = self._entry(name, n_mat, n_cols, 1)
         if n_mat == 1:
-            rows = x.reshape(-1, n_cols)
-            sums[0] += np.einsum("ij,ij->j", rows, rows)
+            _add_squares(sums[0], x.reshape(-1, n_cols))
         else:  # a 3D+ weight: activations follow its matrices, broadcast as ggml_mul_mat does
             for i3 in range(x.shape[0]):
                 for i2 in range(x.shape[1]):
-                    rows = x[i3, i2]
-                    sums[(i3 % src0.ne[3]) * src0.ne[2] + i2 % src0.ne[2]] += np.einsum("ij,ij->j", rows, rows)
+                    _add_squares(sums[(i3 % src0.ne[3]) * src0.ne[2] + i2 % src0.ne[2]], x[i3, i2])
         counts += gt.n_rows(src1) // n_mat
         if not np.isfinite(sums).all():
             self.error = f"non-finite activations entering {name} (a broken model or text?)"
@@ -103,10 +108,12 @@ class _Collector:
         ids_t = gt.tensor_at(tensor.src[2])
         ids = gt.tensor_array(self.lib, tensor.src[2], ids_t, np.int32, self.scratch, "ids")[0, 0]
         n_tokens, n_used = ids.shape
-        experts = ids.reshape(-1).astype(np.int64)
+        # (n_used, n_tokens, n_cols): llama-imatrix's loop order (slot, then token), which np.add.at keeps, so
+        # that each expert's float32 sum adds its rows in the same order
+        experts = ids.T.reshape(-1).astype(np.int64)
         if experts.size and (experts.min() < 0 or experts.max() >= n_experts):
             raise EngineError(f"{name}: expert id out of range")
-        rows = x[0][:, np.arange(n_used) % x.shape[2], :].reshape(-1, x.shape[3])  # (n_tokens * n_used, n_cols)
+        rows = x[0][:, np.arange(n_used) % x.shape[2], :].transpose(1, 0, 2).reshape(-1, x.shape[3])
         sums, counts = self._entry(name, n_experts, x.shape[3], n_experts)
         np.add.at(sums, experts, np.square(rows))
         counts += np.bincount(experts, minlength=n_experts)
@@ -114,10 +121,21 @@ class _Collector:
             self.error = f"non-finite activations entering {name} (a broken model or text?)"
 
     def result(self, chunk_size: int) -> Imatrix:
-        sums = {k: v.astype(np.float32) for k, v in self.sums.items()}
+        sums = {k: v.copy() for k, v in self.sums.items()}
         # llama-imatrix's chunk count: the most rows any weight saw, in chunks
         chunks = max((int(c.max()) for c in self.counts.values()), default=0) // chunk_size
         return Imatrix(sums, {k: v.copy() for k, v in self.counts.items()}, [], chunks, chunk_size)
+
+
+def _add_squares(acc: np.ndarray, rows: np.ndarray) -> None:
+    """acc (n_cols,) += the squares of rows (n_rows, n_cols), in float32 and one row after another: llama-imatrix's
+    own loop (`acc[j] += x[j]*x[j]` into a float vector), so that the sums agree with its file to the bit rather
+    than to float32 rounding (a float64 or pairwise sum differs from it by ~1e-6 relative). numpy reduces the
+    outer axis of a C-ordered array row by row (pairwise summation is for the inner one), as fast as einsum
+    within 2x where cumsum is 12x slower; tests/eval/test_imatrix.py holds it to llama-imatrix's bits."""
+    squares = np.square(rows)
+    squares[0] += acc
+    np.add.reduce(squares, axis=0, out=acc)
 
 
 def compute_imatrix(model_path: str | Path, text: str, *, n_ctx: int = 512, n_chunks: int | None = None,
@@ -125,6 +143,7 @@ def compute_imatrix(model_path: str | Path, text: str, *, n_ctx: int = 512, n_ch
                     n_ubatch: int = DEFAULT_UBATCH, gpu_layers: int = 0, process_output: bool = False) -> Imatrix:
     """The importance matrix of `model_path` over `text` (llama-imatrix -c n_ctx --chunks n_chunks)."""
     from lcpp_zh.common.system import physical_cores
+    from lcpp_zh.runtime.llama_api import Batch, LlamaContext, LlamaModel
 
     if n_ctx < MIN_ROWS:
         raise EngineError(f"a context of {n_ctx} tokens is too small for an importance matrix (at least {MIN_ROWS})")
