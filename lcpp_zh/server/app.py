@@ -26,7 +26,7 @@ from lcpp_zh.server.cors import with_cors
 from lcpp_zh.server.httperrors import install_error_handlers
 from lcpp_zh.server.leases import LeaseReleaser
 from lcpp_zh.server.metrics import Metrics
-from lcpp_zh.server.registry import ModelRegistry, ModelSource, ServedModel
+from lcpp_zh.server.registry import ModelRegistry, ModelSource
 from lcpp_zh.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -45,12 +45,12 @@ class ServerState:
     context_overflow: str = ServerSettings.context_overflow  # chat histories beyond the context (server.overflow)
 
 
-def create_app(loader: ModelSource | Callable[[], list[ServedModel]], settings: ServerSettings = DEFAULT_SETTINGS,
+def create_app(loader: ModelSource, settings: ServerSettings = DEFAULT_SETTINGS,
                *, on_load_failure: Callable[[BaseException], None] | None = None) -> Any:
     """The ASGI app: FastAPI routes behind the API-key / body-size middleware, behind CORS when asked.
 
-    `loader` says what the registry can load (a ModelSource; or an older loader of the whole list, run in a
-    thread at start-up). Models named in it are preloaded; the others load on first request.
+    `loader` says what the registry can load. Models named in it are preloaded; the others load on first
+    request.
     """
     from lcpp_zh.server import lora_api, misc_api, ollama_api, openai_api, seed_api
 
@@ -139,8 +139,7 @@ def _quiet_exit_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_server(loader: ModelSource | Callable[[], list[ServedModel]],
-               settings: ServerSettings = DEFAULT_SETTINGS) -> None:
+def run_server(loader: ModelSource, settings: ServerSettings = DEFAULT_SETTINGS) -> None:
     """Serve until SIGTERM or Ctrl-C, then stop accepting, let the requests in flight finish (at most
     `settings.shutdown_timeout_s`), end the runners and return; raises the loading error if loading failed."""
     import uvicorn
@@ -158,12 +157,7 @@ def run_server(loader: ModelSource | Callable[[], list[ServedModel]],
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         logger.warning("listening on %s without --api-key: anyone who can reach this machine can use the models", host)
 
-    def load() -> list[ServedModel]:
-        models = loader()
-        status(logger, "ready: %s on http://%s:%d", ", ".join(m.alias for m in models), host, port)
-        return models
-
-    app = create_app(loader if isinstance(loader, ModelSource) else load, settings, on_load_failure=on_failure)
+    app = create_app(loader, settings, on_load_failure=on_failure)
     # uvicorn's own limit comes a little later than ours: at ours the streams still open are ended with an
     # error event and [DONE], so that no client sees a connection cut in the middle of a chunk.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,

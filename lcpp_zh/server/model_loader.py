@@ -77,23 +77,3 @@ def model_source(specs: Sequence[ModelSpec], choice: ModelChoice, settings: Engi
 
     return ModelSource(load=load, named=tuple((spec.alias, spec.name) for spec in specs),
                        named_template=getattr(template, "name", template), max_waiting=settings.max_queue)
-
-
-def models_loader(specs: Sequence[ModelSpec], choice: ModelChoice, settings: EngineSettings,
-                  template: Any = None) -> Callable[[], list[ServedModel]]:
-    """The registry's loader for `specs` (each one `choice` with its own name). The settings are checked now,
-    before the server binds its port; the models load when the registry calls the loader."""
-    check_settings(settings)
-
-    def load() -> list[ServedModel]:
-        loaded: list[ServedModel] = []
-        try:
-            for spec in specs:
-                loaded.append(load_served_model(spec.alias, replace(choice, name=spec.name), settings, template))
-        except BaseException:
-            for model in loaded:  # the server will not start: free what was loaded
-                model.engine.close()
-            raise
-        return loaded
-
-    return load

@@ -73,28 +73,22 @@ class ModelEntry:
 @dataclass(frozen=True)
 class ModelSource:
     """What a server can load: `load(alias, name, named)` builds one ServedModel (blocking: it resolves,
-    maybe converts, starts a runner) and `named` are the (alias, MODEL) pairs of the command line.
-
-    `preload` is the older whole-list loader (every model at start, none reloadable): kept so that a caller
-    still passing one works; those models stay loaded."""
+    maybe converts, starts a runner) and `named` are the (alias, MODEL) pairs of the command line."""
 
     load: Callable[[str, str, bool], ServedModel] | None = None
     named: tuple[tuple[str, str], ...] = ()
     named_template: str | None = None
     max_waiting: int = EngineSettings.max_queue
-    preload: Callable[[], list[ServedModel]] | None = None
 
 
 class ModelRegistry:
     """Loads models on demand through `load(alias, name, named)` (blocking; run in a thread), unloads them
     after their keep-alive and, with `max_loaded`, evicts the least recently used idle one."""
 
-    def __init__(self, source: ModelSource | Callable[[], list[ServedModel]], *, models_dir: Path | None = None,
+    def __init__(self, source: ModelSource, *, models_dir: Path | None = None,
                  scan_cache: bool = True, keep_alive_s: float | None = 300.0, max_loaded: int | None = None,
                  on_failure: Callable[[BaseException], None] | None = None,
                  on_restart: Callable[[str], None] | None = None) -> None:
-        if not isinstance(source, ModelSource):
-            source = ModelSource(preload=source)
         self._source = source
         self.catalog = Catalog(source.named, named_template=source.named_template, models_dir=models_dir,
                                scan_cache=scan_cache)
@@ -110,7 +104,7 @@ class ModelRegistry:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._preload: asyncio.Task | None = None
         # /health: "loading" until the models named on the command line are loaded, "failed" if one could not be.
-        self.state = "loading" if self.catalog.named_aliases or source.preload else "ready"
+        self.state = "loading" if self.catalog.named_aliases else "ready"
         self.error: str | None = None
 
     # -- start and stop --------------------------------------------------------------------------------
@@ -127,8 +121,6 @@ class ModelRegistry:
         give a laptop its memory back while nobody asks, and the next request reloads them in seconds.
         `--keep-alive -1` keeps them (and every model) loaded."""
         try:
-            if self._source.preload is not None:
-                await self._adopt(self._source.preload)
             for alias, _name in self._source.named:
                 (await self.acquire(alias)).release()
             self.state = "ready"
@@ -140,17 +132,6 @@ class ModelRegistry:
             logger.error("loading models failed: %s", self.error)
             if self._on_failure is not None:
                 self._on_failure(getattr(exc, "__cause__", None) or exc)
-
-    async def _adopt(self, preload: Callable[[], list[ServedModel]]) -> None:
-        """The older whole-list loader: its models become named ones that never expire."""
-        models = await asyncio.get_running_loop().run_in_executor(self._executor, preload)
-        if not models:
-            raise ValueError("no model to serve")
-        for model in models:
-            slot = self.catalog.add_loaded(model)
-            slot.keep_alive = None
-            if hasattr(model.engine, "on_restart"):
-                model.engine.on_restart = self._on_restart
 
     def close(self) -> None:
         """Unload everything; a load still running closes its model when it ends."""
